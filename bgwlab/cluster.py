@@ -1,0 +1,230 @@
+"""Cluster: start, join and stop a postmaster with its shared memory.
+
+``Cluster.start()`` runs ``python -S -u -m bgwlab.postmaster DIR`` as a separate process
+(never a fork of the caller: a Jupyter kernel has a dozen threads) and returns once the
+postmaster has created the segment and is ready to serve.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from . import shmem
+from .backend import Backend, read_pidfile
+from .errors import BgwError
+from .events import Event, read_events, write_jsonl
+from .procinfo import start_ticks
+
+_PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+_STATE_FILES = ("shmem", "postmaster.pid", "registration.lock")
+
+
+def _prepare_directory(directory) -> tuple[Path, bool]:
+    if directory is None:
+        return Path(tempfile.mkdtemp(prefix="bgwlab-")), True
+    d = Path(directory).absolute()
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = d.stat()
+    if st.st_uid != os.geteuid():
+        raise BgwError(f"{d} belongs to another user; choose a directory of your own")
+    os.chmod(d, 0o700)
+    if (d / "postmaster.pid").exists():
+        try:
+            pid, start = read_pidfile(d)
+        except (OSError, ValueError):
+            pid, start = 0, -1
+        if pid > 0 and start_ticks(pid) == start:
+            raise BgwError(f"a cluster is already running in {d} (postmaster pid {pid}); "
+                           "join it with bgwlab.attach(directory), or stop it first")
+    for name in _STATE_FILES:  # leftovers of a cluster whose postmaster is gone
+        try:
+            os.unlink(d / name)
+        except FileNotFoundError:
+            pass
+    return d, False
+
+
+class Cluster:
+    """A running postmaster, its directory and shared memory.  Use ``Cluster.start()``."""
+
+    def __init__(self, directory: Path, proc: subprocess.Popen, owns_directory: bool,
+                 max_workers: int, max_backends: int):
+        self.directory = directory
+        self._proc = proc
+        self._owns_directory = owns_directory
+        self.max_workers = max_workers
+        self.max_backends = max_backends
+        self.postmaster_pid = proc.pid
+        self._backends: list[Backend] = []
+        self._final_events: list[Event] | None = None
+        self._stopped = False
+
+    @classmethod
+    def start(cls, max_workers: int = 8, directory=None, *, max_backends: int = 64,
+              restart_after_crash: bool = True, log_events: bool = True,
+              preload=("bgwlab.examples",), startup_timeout: float = 30.0) -> Cluster:
+        """Start a postmaster with `max_workers` slots in `directory` (a new temp dir if None).
+
+        Entry points resolve against this process's sys.path and working directory.
+        """
+        if not isinstance(max_workers, int) or not 1 <= max_workers <= 65_536:
+            raise ValueError("max_workers must be an int in 1..65536")
+        if not isinstance(max_backends, int) or not 1 <= max_backends <= 4096:
+            raise ValueError("max_backends must be an int in 1..4096")
+        d, owns = _prepare_directory(directory)
+        me = os.getpid()
+        conf = [f"max_workers={max_workers}", f"max_backends={max_backends}",
+                f"restart_after_crash={int(restart_after_crash)}", f"log_events={int(log_events)}",
+                f"starter_pid={me}", f"starter_start={start_ticks(me)}",
+                "preload=" + ",".join(preload)]
+        paths = [_PACKAGE_PARENT] + [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
+        seen = set()
+        for p in paths:
+            if p not in seen and "\n" not in p:
+                seen.add(p)
+                conf.append(f"path={p}")
+        (d / "postmaster.conf").write_text("\n".join(conf) + "\n")
+        r, w = os.pipe2(os.O_CLOEXEC)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = _PACKAGE_PARENT
+        env.pop("PYTHONSTARTUP", None)
+        log = open(d / "postmaster.log", "ab")
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-S", "-u", "-m", "bgwlab.postmaster", str(d), str(w)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, pass_fds=(w,),
+                cwd=os.getcwd(), env=env, start_new_session=True)
+        finally:
+            log.close()
+            os.close(w)
+        try:
+            ready = select.select([r], [], [], startup_timeout)[0]
+            ok = bool(ready) and os.read(r, 1) == b"R"
+        finally:
+            os.close(r)
+        if not ok:
+            proc.kill()
+            proc.wait()
+            tail = (d / "postmaster.log").read_text(errors="replace")[-2000:]
+            if owns:
+                shutil.rmtree(d, ignore_errors=True)
+            raise BgwError(f"the postmaster did not start; its log ends with:\n{tail}")
+        return cls(d, proc, owns, max_workers, max_backends)
+
+    # -- joining ------------------------------------------------------------------------------
+    def connect(self, *, log_events: bool = True) -> Backend:
+        """Attach this process as a backend (a registrant) of the cluster."""
+        if self._stopped:
+            raise BgwError("this cluster has been stopped; start a new one with Cluster.start()")
+        b = Backend(self.directory, log_events=log_events)
+        self._backends.append(b)
+        return b
+
+    # -- observing ------------------------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def state(self) -> str:
+        """The postmaster's state as it last wrote it: running, crash_recovery, shutdown, stopped."""
+        if not self.alive:
+            return "dead" if not self._stopped else "stopped"
+        try:
+            seg = shmem.Segment(str(self.directory / "shmem"))
+        except (OSError, ValueError):
+            return "unknown"
+        try:
+            return shmem.PM_STATE_NAMES[seg.state()]
+        finally:
+            seg.close()
+
+    @property
+    def events_path(self) -> Path:
+        return self.directory / "events.jsonl"
+
+    def events(self) -> list[Event]:
+        """Every event recorded so far by the postmaster, workers and backends, sorted by time."""
+        if self._final_events is not None:
+            return list(self._final_events)
+        return read_events(self.events_path)
+
+    def export_events(self, path) -> Path:
+        """Write the events as JSON Lines to `path`."""
+        write_jsonl(self.events(), path)
+        return Path(path)
+
+    def worker_pids(self) -> list[int]:
+        """Pids of the postmaster's live children (for teaching and tests)."""
+        try:
+            with open(f"/proc/{self.postmaster_pid}/task/{self.postmaster_pid}/children") as f:
+                return [int(p) for p in f.read().split()]
+        except OSError:
+            return []
+
+    # -- faults -----------------------------------------------------------------------------------
+    def kill_postmaster(self, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to the postmaster (SIGKILL: the 'postmaster death' scenario)."""
+        if self.alive:
+            os.kill(self.postmaster_pid, sig)
+
+    # -- stopping -------------------------------------------------------------------------------------
+    def stop(self, timeout: float = 15.0) -> None:
+        """Shut down: SIGTERM to the postmaster, which terminates and reaps every worker.
+
+        Then remove the segment.  Idempotent.  Events stay readable with ``events()``.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        proc = self._proc
+        if proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for b in self._backends:
+            b.detach()
+        self._backends.clear()
+        self._final_events = read_events(self.events_path)
+        if self._owns_directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+        else:
+            for name in _STATE_FILES:
+                try:
+                    os.unlink(self.directory / name)
+                except FileNotFoundError:
+                    pass
+
+    close = stop
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __del__(self):
+        try:
+            if not self._stopped:
+                self.stop(timeout=5)
+        except Exception:
+            pass
+
+    def __repr__(self):
+        return (f"<Cluster {self.directory} postmaster={self.postmaster_pid} "
+                f"max_workers={self.max_workers} {'alive' if self.alive else 'down'}>")
+
+
+def attach(directory, *, log_events: bool = True) -> Backend:
+    """Join a running cluster from another process: returns a Backend."""
+    return Backend(directory, log_events=log_events)
+

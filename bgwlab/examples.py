@@ -1,0 +1,73 @@
+"""Small entry points for workers, used by the tests and the notebooks.
+
+Each takes the worker's ``main_arg`` (an int).  They import nothing heavy: the
+postmaster preloads this module, so forked workers find it already imported.
+"""
+
+import os
+import signal
+import time
+
+from . import worker
+
+
+def noop(arg: int = 0) -> None:
+    """Return at once: exit 0, unregistered."""
+
+
+def sleep_ms(ms: int) -> None:
+    """Sleep `ms` milliseconds, or until the postmaster dies; then exit 0."""
+    if not worker.sleep(ms / 1000):
+        raise SystemExit(1)
+
+
+def sleep_forever(arg: int = 0) -> None:
+    """Run until terminated (SIGTERM -> exit 1) or the postmaster dies."""
+    while worker.sleep(3600):
+        pass
+    raise SystemExit(1)
+
+
+def fail(arg: int = 0) -> None:
+    """Raise an exception: exit 1 (restarted unless NEVER_RESTART)."""
+    raise RuntimeError(f"bgwlab.examples.fail({arg}) failed on purpose")
+
+
+def exit_with(code: int) -> None:
+    """Exit with status `code` (0 done, 1 error, anything else a crash)."""
+    os._exit(code)
+
+
+def crash(signum: int = int(signal.SIGSEGV)) -> None:
+    """Die by signal `signum` after reaching user code (a crash: crash-restart)."""
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    time.sleep(5)
+
+
+def spin_ms(ms: int) -> None:
+    """Burn CPU for `ms` milliseconds (a busy worker), then exit 0."""
+    end = time.monotonic() + ms / 1000
+    while time.monotonic() < end:
+        pass
+
+
+def fail_then_run(ms: int) -> None:
+    """Fail (exit 1) on the first run of this slot's generation, then sleep `ms` and exit 0.
+
+    Uses a marker file named after the slot and generation in the cluster's directory, so
+    a restart (same generation) sees that it failed before.
+    """
+    info = worker.current()
+    marker = f"/tmp/bgwlab-fail-then-run-{info.postmaster_pid}-{info.slot}-{info.generation}"
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("first run fails on purpose")
+    os.unlink(marker)
+    sleep_ms(ms)
+
+
+def write_pid(arg: int = 0) -> None:
+    """Print the worker's pid and name to the postmaster log, then exit 0."""
+    info = worker.current()
+    print(f"worker {info.name} pid {os.getpid()} extra={info.extra!r}", flush=True)

@@ -1,0 +1,269 @@
+"""Latches: how a registrant sleeps until the postmaster signals it, without losing a wakeup.
+
+Why a bare signal races with ``select()``
+------------------------------------------
+
+The obvious wait loop is::
+
+    while handle_status() == NOT_YET_STARTED:      # (1) check
+        select.select([], [], [])                   # (2) sleep until a signal interrupts us
+
+If SIGUSR1 arrives between (1) and (2) -- after we looked, before we slept -- the handler
+runs, nothing interrupts the ``select()`` that has not started yet, and we sleep forever
+although the worker has started.  Masking the signal around the check does not help in
+Python, and in a Jupyter kernel the signal may not even be delivered to the thread that
+waits: the kernel has a dozen threads and the kernel picks any of them that does not
+block SIGUSR1.  Python's own handler then runs later, in the main thread, whenever that
+thread next executes bytecode -- which may be never, if the main thread is itself the one
+sleeping in a C call, or much later, if it is busy.
+
+How the self-pipe closes the race
+---------------------------------
+
+Turn the signal into *data in a file descriptor*.  CPython's C-level signal handler
+writes one byte to the file descriptor given to ``signal.set_wakeup_fd()``, immediately,
+from whichever thread the kernel chose, in async-signal-safe code.  Data in a pipe is a
+level, not an edge: it stays there until someone reads it.  So the wait becomes::
+
+    latch.reset()                  # drain: from now on, any new signal leaves a byte
+    while (status := handle_status()) == NOT_YET_STARTED:   # check
+        latch.wait()               # poll() returns at once if a byte arrived after reset
+        latch.reset()
+
+A signal that lands after ``reset()`` -- before, during or after the check -- leaves a
+byte behind, and ``wait()`` returns immediately.  No wakeup is lost, whichever thread
+received the signal and whichever thread waits.  This is PostgreSQL's latch
+(``latch.c``: ``ResetLatch``, check, ``WaitLatch``) and the seed's ``set_latch_on_sigusr1``.
+
+One wakeup fd per process, one latch per waiter
+------------------------------------------------
+
+A process has one wakeup fd, but may have many waiters (threads, asyncio tasks).  If they
+shared one pipe, one waiter's ``reset()`` could swallow the byte meant for another.  So
+``SignalDispatcher`` owns the process's wakeup fd; a small daemon thread blocks on it and,
+for every SIGUSR1, sets *every* registered latch.  Each waiter has its own ``Latch``
+(an eventfd, or a pipe in ``PipeLatch``) and runs the loop above on it.  Postmaster death
+is a second fd in the same ``poll()``: a pidfd of the postmaster, readable once it exits
+(``PidfdWatch``), so a waiter never has to poll a timer to notice it.
+
+Siblings here, to compare in notebook 08: ``EventfdLatch`` (one fd, 8-byte counter),
+``PipeLatch`` (two fds, the classic self-pipe), and ``PollingWait`` (no latch at all:
+sleep and look again, which is either slow or busy).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import threading
+import time
+
+__all__ = ["EventfdLatch", "PipeLatch", "Latch", "PollingWait", "SignalDispatcher",
+           "dispatcher", "wait_fds"]
+
+
+def wait_fds(fds, timeout: float | None) -> list[int]:
+    """poll() on `fds` for readability; returns the readable ones ([] on timeout)."""
+    p = select.poll()
+    for fd in fds:
+        p.register(fd, select.POLLIN)
+    ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+    return [fd for fd, _ in p.poll(ms)]
+
+
+class EventfdLatch:
+    """A latch on one eventfd: set() adds 1, reset() reads the counter back to 0."""
+
+    def __init__(self):
+        self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def set(self) -> None:
+        """Any thread, also from the dispatcher: never blocks."""
+        try:
+            os.eventfd_write(self._fd, 1)
+        except (BlockingIOError, OSError):
+            pass  # counter saturated or latch closed: it is set anyway / nobody waits
+
+    def reset(self) -> None:
+        try:
+            os.eventfd_read(self._fd)
+        except BlockingIOError:
+            pass
+
+    def is_set(self) -> bool:
+        return bool(wait_fds([self._fd], 0))
+
+    def wait(self, timeout: float | None = None, also=()) -> list[int]:
+        """Sleep until the latch is set, one of `also` is readable, or `timeout` passes."""
+        return wait_fds([self._fd, *also], timeout)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class PipeLatch(EventfdLatch):
+    """The classic self-pipe: set() writes a byte, reset() drains the pipe."""
+
+    def __init__(self):
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._fd = self._r
+
+    def set(self) -> None:
+        try:
+            os.write(self._w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # pipe full: it is set anyway
+
+    def reset(self) -> None:
+        try:
+            while os.read(self._r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        if self._r >= 0:
+            os.close(self._r)
+            os.close(self._w)
+            self._r = self._w = self._fd = -1
+
+
+Latch = EventfdLatch
+
+
+class PollingWait:
+    """No latch: look, sleep `interval`, look again.  For comparison only."""
+
+    def __init__(self, interval: float = 0.01):
+        self.interval = interval
+
+    def fileno(self) -> int:
+        return -1
+
+    def set(self) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
+
+    def wait(self, timeout: float | None = None, also=()) -> list[int]:
+        dt = self.interval if timeout is None else min(self.interval, timeout)
+        return wait_fds(also, dt) if also else (time.sleep(dt) or [])
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+class SignalDispatcher:
+    """Owns this process's SIGUSR1 handling and fans each signal out to every latch.
+
+    Installed once per process, from the main thread (Python only lets the main thread
+    change signal handlers).  If some other code had a wakeup fd installed (asyncio does,
+    for ``loop.add_signal_handler``), the bytes we read are forwarded to it, so its
+    signal handling keeps working.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._latches: set = set()
+        self._installed = False
+        self._pid = None
+        self._r = self._w = -1
+        self._forward_fd = -1
+        self._thread = None
+        self.signals_seen = 0
+
+    # -- installation ---------------------------------------------------------------------
+    def install(self) -> None:
+        """Idempotent.  The first call in a process must come from the main thread."""
+        if self._installed and self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._installed and self._pid == os.getpid():
+                return
+            if threading.current_thread() is not threading.main_thread():
+                from .errors import BgwError
+
+                raise BgwError(
+                    "the first connect()/attach() of a process must run in its main thread "
+                    "(Python installs signal handlers only there); connect once from the main "
+                    "thread, then use the backend from any thread")
+            r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            signal.signal(signal.SIGUSR1, self._python_handler)
+            old = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+            self._forward_fd = old if old != -1 else -1
+            self._r, self._w = r, w
+            self._pid = os.getpid()
+            self._installed = True
+            self._thread = threading.Thread(target=self._run, name="bgwlab-signals", daemon=True)
+            self._thread.start()
+
+    def _python_handler(self, signum, frame):
+        # Runs later, in the main thread.  The dispatcher thread has already done the
+        # work; setting the latches again is a harmless second path (e.g. if someone
+        # replaced our wakeup fd after we installed it).
+        self.set_all()
+
+    def _run(self) -> None:
+        r = self._r
+        while True:
+            try:
+                wait_fds([r], None)
+                data = os.read(r, 4096)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            if self._forward_fd != -1:
+                try:
+                    os.write(self._forward_fd, data)
+                except OSError:
+                    pass
+            if signal.SIGUSR1 in data:
+                self.signals_seen += 1
+                self.set_all()
+
+    # -- latches ----------------------------------------------------------------------------
+    def set_all(self) -> None:
+        with self._lock:
+            latches = tuple(self._latches)
+        for latch in latches:
+            latch.set()
+
+    def add(self, latch) -> None:
+        with self._lock:
+            self._latches.add(latch)
+
+    def remove(self, latch) -> None:
+        with self._lock:
+            self._latches.discard(latch)
+
+    def _after_fork_in_child(self) -> None:
+        # The thread did not survive fork(); the child must install again if it attaches.
+        self._installed = False
+        self._latches = set()
+        self._lock = threading.Lock()
+
+
+dispatcher = SignalDispatcher()
+os.register_at_fork(after_in_child=dispatcher._after_fork_in_child)

@@ -1,0 +1,574 @@
+"""The postmaster: one lean, single-threaded process that forks and supervises workers.
+
+Run as ``python -S -m bgwlab.postmaster DIR [READY_FD]`` by ``Cluster.start()``.
+
+It sleeps in one ``poll()`` on: its signal self-pipe (SIGUSR1 from registrants,
+SIGCHLD, SIGTERM), the pidfd of the process that started it, and a pidfd per backend
+that it notifies.  On every wake it reaps children, absorbs changes in shared memory
+(new registrations, terminate requests; PostgreSQL's ``BackgroundWorkerStateChange``)
+and starts what is due (``maybe_start_bgworkers``: at most 100 per pass).
+
+Every function here runs in the postmaster only, unless it says otherwise.  It takes
+no lock and trusts nothing in the segment: see the protocol in ``shmem.py``.  Imports
+are kept small on purpose -- each MB the postmaster touches costs every fork ~20 us.
+"""
+
+import os
+import select
+import signal
+import sys
+import time
+
+from . import shmem
+from .eventlog import EventWriter
+from .procinfo import open_pidfd, preload_libc, process_uid, start_ticks
+
+MAX_STARTS_PER_PASS = 100  # as PostgreSQL's MAX_BGWORKERS_TO_LAUNCH
+KILL_GRACE_NS = 5_000_000_000  # SIGKILL children still alive this long after SIGQUIT/SIGTERM
+NEVER = -1
+
+
+class RegisteredWorker:
+    """The postmaster's private copy of one registered worker (``RegisteredBgWorker``)."""
+
+    __slots__ = ("slot", "generation", "spec", "raw", "pid", "start_at", "notify",
+                 "terminate_seen", "fork_attempts", "term_sent")
+
+    def __init__(self, slot, generation, spec, raw, now):
+        self.slot = slot
+        self.generation = generation
+        self.spec = spec
+        self.raw = raw  # the validated bytes, to repair the slot after a crash
+        self.pid = -1  # -1 not started, 0 not running, >0 running: mirrors the slot
+        self.start_at = now + spec.pm_delay_ns
+        self.notify = None  # (backend index, pid, start ticks) once validated
+        self.terminate_seen = False
+        self.fork_attempts = 0
+        self.term_sent = False
+
+
+def read_config(directory: str) -> dict:
+    """Parse DIR/postmaster.conf: ``key=value`` lines; ``path=`` lines form sys.path."""
+    cfg = {"path": []}
+    with open(os.path.join(directory, "postmaster.conf"), encoding="utf-8") as f:
+        for line in f:
+            key, _, value = line.rstrip("\n").partition("=")
+            if key == "path":
+                cfg["path"].append(value)
+            elif key == "preload":
+                cfg["preload"] = [m for m in value.split(",") if m]
+            else:
+                cfg[key] = value
+    return cfg
+
+
+class Postmaster:
+    def __init__(self, directory: str, cfg: dict):
+        self.directory = directory
+        self.pid = os.getpid()
+        self.uid = os.geteuid()
+        self.max_workers = int(cfg["max_workers"])
+        self.max_backends = int(cfg["max_backends"])
+        self.restart_after_crash = cfg.get("restart_after_crash", "1") == "1"
+        self.log_events = cfg.get("log_events", "1") == "1"
+        self.starter = (int(cfg.get("starter_pid", "0")), int(cfg.get("starter_start", "0")))
+        self.preload = cfg.get("preload", [])
+        self.workers = {}  # slot -> RegisteredWorker
+        self.by_pid = {}  # running child pid -> RegisteredWorker
+        self.pending = {}  # slot -> RegisteredWorker that wants a fork
+        self.suspect = {}  # slot -> first time its content failed validation
+        self.backends = {}  # backend index -> (pid, start ticks, pidfd)
+        self.slot_hwm = [0] * self.max_workers  # highest generation accepted per slot
+        self.gen_hwm = 0
+        self.state = shmem.PM_STARTING
+        self.crash_restarts = 0
+        self.deadline = None  # SIGKILL survivors after this (crash recovery / shutdown)
+        self.stop_reason = ""
+
+    # -- setup -----------------------------------------------------------------------------
+    def setup(self) -> None:
+        os.umask(0o077)
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        for s in (signal.SIGUSR1, signal.SIGCHLD, signal.SIGTERM, signal.SIGINT,
+                  signal.SIGHUP, signal.SIGQUIT):
+            signal.signal(s, _noop_handler)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        # postmaster_alive_fds: only we hold the write end; workers see EOF when we die.
+        self.alive_r, self.alive_w = os.pipe2(os.O_CLOEXEC)
+        self.events = EventWriter(os.path.join(self.directory, "events.jsonl"), "postmaster",
+                                  enabled=self.log_events)
+        from . import worker  # noqa: F401  (loaded before fork, so children need not)
+
+        preload_libc()
+        for mod in self.preload:
+            try:
+                __import__(mod)
+            except Exception as e:  # a bad preload must not stop the cluster
+                print(f"bgwlab postmaster: could not preload {mod}: {e!r}", file=sys.stderr)
+        self.seg = shmem.Segment(os.path.join(self.directory, "shmem"), create=True,
+                                 max_workers=self.max_workers, max_backends=self.max_backends)
+        self.seg.init_header(self.pid, self.uid, start_ticks(self.pid) or 0, 1)
+        self.poller = select.poll()
+        self.poller.register(self.wake_r, select.POLLIN)
+        self.starter_fd = -1
+        if self.starter[0] > 0:
+            fd = open_pidfd(*self.starter)
+            if fd is None:
+                raise SystemExit("bgwlab postmaster: the starting process is already gone")
+            self.starter_fd = fd
+            self.poller.register(fd, select.POLLIN)
+        os.close(os.open(os.path.join(self.directory, "registration.lock"),
+                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        pidfile = os.path.join(self.directory, "postmaster.pid")
+        with open(pidfile + ".tmp", "w") as f:
+            f.write(f"{self.pid}\n{start_ticks(self.pid)}\n")
+        os.rename(pidfile + ".tmp", pidfile)
+        self.set_state(shmem.PM_RUNNING)
+        self.events.emit("postmaster_started", max_workers=self.max_workers,
+                         max_backends=self.max_backends)
+
+    def private_fds(self) -> list[int]:
+        """Fds a forked worker must close.  Called in the child."""
+        fds = [self.wake_r, self.wake_w, self.alive_w]
+        if self.starter_fd >= 0:
+            fds.append(self.starter_fd)
+        fds.extend(b[2] for b in self.backends.values())
+        return fds
+
+    def set_state(self, state: int) -> None:
+        self.state = state
+        self.seg.set_state(state)
+
+    # -- main loop -------------------------------------------------------------------------
+    def run(self) -> int:
+        while True:
+            timeout_ms = self.next_timeout_ms()
+            try:
+                ready = self.poller.poll(timeout_ms)
+            except InterruptedError:
+                ready = []
+            sigs = self.drain_wakeups()
+            for fd, _ in ready:
+                if fd == self.starter_fd and self.state != shmem.PM_SHUTDOWN:
+                    self.begin_shutdown("the process that started the cluster exited")
+                elif fd not in (self.wake_r, self.starter_fd):
+                    self.forget_backend_fd(fd)
+            if (signal.SIGTERM in sigs or signal.SIGINT in sigs or signal.SIGQUIT in sigs) \
+                    and self.state != shmem.PM_SHUTDOWN:
+                self.begin_shutdown("shutdown requested")
+            self.guarded(self.reap_children)
+            self.guarded(self.absorb_shmem_changes)
+            self.guarded(self.advance_state)
+            if self.state == shmem.PM_STOPPED:
+                return 0
+            self.guarded(self.start_due_workers)
+
+    def guarded(self, step) -> None:
+        """Run one step of the loop; an unexpected error is logged, never fatal."""
+        try:
+            step()
+        except Exception as e:
+            import traceback
+
+            traceback.print_exc()
+            self.events.emit("postmaster_error", error=f"{type(e).__name__}: {e}")
+
+    def drain_wakeups(self) -> bytes:
+        data = b""
+        while True:
+            try:
+                chunk = os.read(self.wake_r, 4096)
+            except BlockingIOError:
+                return data
+            if not chunk:
+                return data
+            data += chunk
+
+    def next_timeout_ms(self):
+        """Sleep until the earliest timed thing: a delayed start, a recheck, a deadline."""
+        now = time.monotonic_ns()
+        t = None
+        if self.state == shmem.PM_RUNNING:
+            for rw in self.pending.values():
+                if t is None or rw.start_at < t:
+                    t = rw.start_at
+        for first in self.suspect.values():
+            r = first + shmem.RECHECK_NS
+            if t is None or r < t:
+                t = r
+        if self.deadline is not None and (t is None or self.deadline < t):
+            t = self.deadline
+        if t is None:
+            return None
+        return max(0, (t - now + 999_999) // 1_000_000)
+
+    # -- children --------------------------------------------------------------------------
+    def reap_children(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            t = time.monotonic_ns()
+            rw = self.by_pid.pop(pid, None)
+            if rw is None:
+                continue
+            if os.WIFEXITED(status):
+                self.on_worker_exit(rw, os.WEXITSTATUS(status), None, t)
+            elif os.WIFSIGNALED(status):
+                self.on_worker_exit(rw, None, os.WTERMSIG(status), t)
+
+    def on_worker_exit(self, rw, code, sig, t) -> None:
+        """CleanupBackgroundWorker + HandleChildCrash."""
+        worker_pid = rw.pid
+        rw.pid = 0
+        crash = code not in (0, 1)
+        self.events.emit("exited", rw.slot, rw.generation, t_ns=t, worker_pid=worker_pid,
+                         exit_code=code, signal=sig, crash=crash)
+        if self.state == shmem.PM_SHUTDOWN:
+            self.forget_and_notify(rw, "postmaster shutdown")
+            return
+        if self.state == shmem.PM_CRASH_RECOVERY:
+            self.seg.set_pid(rw.slot, 0)  # handled when recovery ends
+            return
+        if code == 0:
+            self.forget_and_notify(rw, "exit 0")
+        elif code == 1:
+            if rw.spec.restart_ms == NEVER or rw.terminate_seen:
+                self.forget_and_notify(rw, "terminated" if rw.terminate_seen else "exit 1, never restart")
+            else:
+                self.seg.set_pid(rw.slot, 0)
+                rw.start_at = t + rw.spec.restart_ms * 1_000_000
+                self.pending[rw.slot] = rw
+                self.events.emit("restart_scheduled", rw.slot, rw.generation,
+                                 after_s=rw.spec.restart_ms / 1000)
+                self.notify(rw, "exited")
+        elif self.restart_after_crash:
+            self.seg.set_pid(rw.slot, 0)
+            self.begin_crash_recovery(rw, code, sig)
+        else:
+            self.seg.set_pid(rw.slot, 0)
+            self.begin_shutdown(f"worker in slot {rw.slot} crashed and restart_after_crash is off")
+
+    def begin_crash_recovery(self, culprit, code, sig) -> None:
+        """Stop every other worker (SIGQUIT), then reinitialise (PostgreSQL's crash-restart)."""
+        self.crash_restarts += 1
+        self.seg.set_crash_restarts(self.crash_restarts)
+        self.set_state(shmem.PM_CRASH_RECOVERY)
+        self.events.emit("crash_restart", culprit.slot, culprit.generation, phase="begin",
+                         exit_code=code, signal=sig, running=len(self.by_pid))
+        culprit.start_at = time.monotonic_ns() + max(0, culprit.spec.restart_ms) * 1_000_000
+        for pid in list(self.by_pid):
+            _kill(pid, signal.SIGQUIT)
+        self.deadline = time.monotonic_ns() + KILL_GRACE_NS
+
+    def finish_crash_recovery(self) -> None:
+        """All children are gone: repair shared memory, forget NEVER_RESTART workers, wake waiters."""
+        self.deadline = None
+        self.seg.set_next_generation(max(self.seg.next_generation(), self.gen_hwm + 1))
+        now = time.monotonic_ns()
+        for rw in list(self.workers.values()):
+            self.seg.write_spec(rw.slot, rw.raw)
+            self.seg.set_generation(rw.slot, rw.generation)
+            self.seg.set_in_use(rw.slot, 1)
+            if rw.spec.restart_ms == NEVER or rw.terminate_seen:
+                self.forget_and_notify(rw, "crash-restart")
+            else:
+                rw.pid = -1
+                self.seg.set_pid(rw.slot, -1)
+                rw.start_at = max(rw.start_at, now) if rw.fork_attempts else now
+                self.pending[rw.slot] = rw
+                self.notify(rw, "crash-restart")
+        self.set_state(shmem.PM_RUNNING)
+        self.events.emit("crash_restart", phase="end", kept=len(self.workers))
+
+    def begin_shutdown(self, reason: str) -> None:
+        self.stop_reason = reason
+        self.set_state(shmem.PM_SHUTDOWN)
+        self.events.emit("postmaster_stopping", reason=reason, running=len(self.by_pid))
+        for rw in list(self.workers.values()):
+            if rw.pid > 0:
+                _kill(rw.pid, signal.SIGTERM)
+                rw.term_sent = True
+            else:
+                self.forget_and_notify(rw, "postmaster shutdown")
+        self.deadline = time.monotonic_ns() + KILL_GRACE_NS
+
+    def advance_state(self) -> None:
+        """Move crash recovery and shutdown along once their children are gone."""
+        if self.state not in (shmem.PM_CRASH_RECOVERY, shmem.PM_SHUTDOWN):
+            return
+        if self.by_pid and self.deadline is not None and time.monotonic_ns() >= self.deadline:
+            for pid in list(self.by_pid):
+                _kill(pid, signal.SIGKILL)
+            self.deadline = None
+        if self.by_pid:
+            return
+        if self.state == shmem.PM_CRASH_RECOVERY:
+            self.finish_crash_recovery()
+        else:
+            for rw in list(self.workers.values()):
+                self.forget_and_notify(rw, "postmaster shutdown")
+            self.set_state(shmem.PM_STOPPED)
+            self.events.emit("postmaster_stopped", reason=self.stop_reason)
+
+    # -- shared memory -----------------------------------------------------------------------
+    def absorb_shmem_changes(self) -> None:
+        """BackgroundWorkerStateChange: copy new registrations, act on terminate requests.
+
+        Driven by the PMSignal flag, which a registrant sets after its writes and before
+        its signal: clearing the flag first and scanning second can only see more.
+        """
+        flags = self.seg.take_pmsignals()
+        if flags[shmem.PMSIGNAL_BACKEND_CHANGE]:
+            self.check_backends()
+        if not (flags[shmem.PMSIGNAL_WORKER_CHANGE] or self.suspect):
+            return
+        now = time.monotonic_ns()
+        in_use = self.seg.in_use_array()
+        i = in_use.find(1)
+        while i != -1:
+            if i not in self.workers:
+                self.accept_registration(i, now)
+            i = in_use.find(1, i + 1)
+        for slot in self.workers:
+            if not in_use[slot]:  # someone scribbled our ownership token: take it back
+                self.seg.set_in_use(slot, 1)
+                self.events.emit("slot_rejected", slot, reason="in_use cleared by another process; restored")
+        term = self.seg.terminate_array()
+        i = term.find(1)
+        while i != -1:
+            rw = self.workers.get(i)
+            if rw is not None and not rw.terminate_seen:
+                self.handle_terminate(rw)
+            i = term.find(1, i + 1)
+
+    def accept_registration(self, slot: int, now: int) -> None:
+        gen = self.seg.generation(slot)
+        raw = self.seg.spec_bytes(slot)
+        spec = shmem.decode_spec(raw, gen)
+        if isinstance(spec, str) or gen <= self.slot_hwm[slot]:
+            reason = spec if isinstance(spec, str) else "generation went backwards"
+            first = self.suspect.setdefault(slot, now)
+            if now - first < shmem.RECHECK_NS:
+                return  # maybe a write still in flight: look again shortly
+            del self.suspect[slot]
+            self.seg.set_pid(slot, 0)
+            self.seg.set_in_use(slot, 0)
+            self.events.emit("slot_rejected", slot, gen, reason=reason)
+            return
+        self.suspect.pop(slot, None)
+        rw = RegisteredWorker(slot, gen, spec, raw, now)
+        self.slot_hwm[slot] = gen
+        if gen > self.gen_hwm:
+            self.gen_hwm = gen
+        self.workers[slot] = rw
+        self.seg.set_pid(slot, -1)
+        if spec.notify_backend >= 0:
+            target = (spec.notify_backend, spec.notify_pid, spec.notify_start)
+            if self.backend_pidfd(*target) is not None:
+                rw.notify = target
+            else:
+                self.events.emit("notify_dropped", slot, gen, reason="notify pid is not a live attached backend",
+                                 notify_pid=spec.notify_pid)
+        self.events.emit("request_seen", slot, gen, t_ns=now, name=spec.name)
+        if self.state == shmem.PM_SHUTDOWN:
+            self.forget_and_notify(rw, "postmaster shutdown")
+        else:
+            self.pending[slot] = rw
+
+    def handle_terminate(self, rw) -> None:
+        rw.terminate_seen = True
+        self.events.emit("terminate_seen", rw.slot, rw.generation, worker_pid=rw.pid)
+        if rw.pid > 0:
+            if not rw.term_sent:
+                _kill(rw.pid, signal.SIGTERM)
+                rw.term_sent = True
+        else:
+            self.forget_and_notify(rw, "terminated before start")
+
+    def forget_and_notify(self, rw, reason: str) -> None:
+        """ForgetBackgroundWorker, then wake the registrant (so it can reuse the slot at once)."""
+        if self.workers.get(rw.slot) is not rw:
+            return
+        self.seg.set_pid(rw.slot, 0)  # pid before the token: a reader never sees a free slot with a pid
+        self.seg.set_in_use(rw.slot, 0)
+        del self.workers[rw.slot]
+        self.pending.pop(rw.slot, None)
+        self.events.emit("unregistered", rw.slot, rw.generation, reason=reason)
+        self.notify(rw, reason)
+
+    # -- starting workers ----------------------------------------------------------------------
+    def start_due_workers(self) -> None:
+        if self.state != shmem.PM_RUNNING or not self.pending:
+            return
+        now = time.monotonic_ns()
+        started = 0
+        for rw in sorted(self.pending.values(), key=lambda w: w.start_at):
+            if rw.start_at > now or started >= MAX_STARTS_PER_PASS:
+                break
+            if rw.terminate_seen:
+                self.forget_and_notify(rw, "terminated before start")
+                continue
+            started += 1
+            self.start_worker(rw)
+        if started >= MAX_STARTS_PER_PASS:
+            os.write(self.wake_w, b"\0")  # more are due: loop again at once
+
+    def start_worker(self, rw) -> None:
+        """do_start_bgworker: fork, record the pid, notify -- then log (logging never delays the signal)."""
+        rw.fork_attempts += 1
+        spec = rw.spec
+        t_attempt = time.monotonic_ns()
+        try:
+            if spec.fork_errno and (spec.fork_failures == 0 or rw.fork_attempts <= spec.fork_failures):
+                raise InjectedOSError(spec.fork_errno, os.strerror(spec.fork_errno))
+            pid = os.fork()
+        except OSError as e:
+            t_fail = time.monotonic_ns()
+            injected = isinstance(e, InjectedOSError)
+            self.events.emit("fork_attempted", rw.slot, rw.generation, t_ns=t_attempt, attempt=rw.fork_attempts)
+            self.events.emit("fork_failed", rw.slot, rw.generation, t_ns=t_fail, errno=e.errno,
+                             error=os.strerror(e.errno or 0), injected=injected, attempt=rw.fork_attempts)
+            if spec.restart_ms == NEVER:
+                self.forget_and_notify(rw, "fork failed")
+            else:
+                rw.start_at = t_fail + spec.restart_ms * 1_000_000  # pid stays -1: NOT_YET_STARTED
+                self.events.emit("restart_scheduled", rw.slot, rw.generation, after_s=spec.restart_ms / 1000)
+            return
+        if pid == 0:
+            from .worker import child_main
+
+            child_main(self, rw)  # never returns
+            os._exit(1)
+        t_forked = time.monotonic_ns()
+        rw.pid = pid
+        self.seg.set_pid(rw.slot, pid)
+        self.by_pid[pid] = rw
+        del self.pending[rw.slot]
+        t_notified = self.notify(rw, "forked", log=False)
+        self.events.emit("fork_attempted", rw.slot, rw.generation, t_ns=t_attempt, attempt=rw.fork_attempts)
+        self.events.emit("forked", rw.slot, rw.generation, t_ns=t_forked, worker_pid=pid)
+        if t_notified:
+            self.events.emit("notified", rw.slot, rw.generation, t_ns=t_notified,
+                             target_pid=rw.notify[1], reason="forked")
+
+    # -- notification --------------------------------------------------------------------------
+    def notify(self, rw, reason: str, log: bool = True) -> int:
+        """SIGUSR1 to the worker's notify backend, if it is still attached and alive.
+
+        Returns the time of sending (0 if nothing was sent).  pidfd_send_signal reaches
+        exactly the process we validated: a recycled pid can never be signalled.
+        """
+        if rw.notify is None:
+            return 0
+        fd = self.backend_pidfd(*rw.notify)
+        if fd is None:
+            self.events.emit("notify_dropped", rw.slot, rw.generation, reason="backend detached or gone",
+                             notify_pid=rw.notify[1])
+            rw.notify = None
+            return 0
+        t = time.monotonic_ns()
+        try:
+            signal.pidfd_send_signal(fd, signal.SIGUSR1)
+        except OSError:
+            self.forget_backend(rw.notify[0])
+            self.events.emit("notify_dropped", rw.slot, rw.generation, reason="backend exited",
+                             notify_pid=rw.notify[1])
+            rw.notify = None
+            return 0
+        if log:
+            self.events.emit("notified", rw.slot, rw.generation, t_ns=t, target_pid=rw.notify[1], reason=reason)
+        return t
+
+    def backend_pidfd(self, idx: int, pid: int, start: int):
+        """A pidfd for backend `idx` if the table still names (pid, start) there, else None."""
+        if not 0 <= idx < self.max_backends or pid <= 0:
+            return None
+        in_use, tpid, tstart, _uid = self.seg.backend(idx)
+        if not in_use or tpid != pid or tstart != start:
+            return None
+        cached = self.backends.get(idx)
+        if cached is not None:
+            if cached[0] == pid and cached[1] == start:
+                return cached[2]
+            self.forget_backend(idx)
+        if process_uid(pid) != self.uid and self.uid != 0:
+            return None  # never signal another user's process, whatever the table says
+        fd = open_pidfd(pid, start)
+        if fd is None:
+            return None
+        self.backends[idx] = (pid, start, fd)
+        self.poller.register(fd, select.POLLIN)
+        return fd
+
+    def forget_backend(self, idx: int, why: str = "") -> None:
+        b = self.backends.pop(idx, None)
+        if b is None:
+            return
+        try:
+            self.poller.unregister(b[2])
+        except KeyError:
+            pass
+        os.close(b[2])
+        for rw in self.workers.values():
+            if rw.notify is not None and rw.notify[0] == idx:
+                rw.notify = None  # pending notifications for a departed backend are forgotten
+        if why:
+            self.events.emit("backend_gone" if why == "exited" else "backend_detached",
+                             backend=idx, backend_pid=b[0])
+
+    def forget_backend_fd(self, fd: int) -> None:
+        for idx, b in list(self.backends.items()):
+            if b[2] == fd:
+                self.forget_backend(idx, "exited")
+
+    def check_backends(self) -> None:
+        """A backend attached or detached: drop cached targets the table no longer names."""
+        for idx, (pid, start, _fd) in list(self.backends.items()):
+            in_use, tpid, tstart, _uid = self.seg.backend(idx)
+            if not in_use or tpid != pid or tstart != start:
+                self.forget_backend(idx, "detached")
+
+    def exit_cleanup(self) -> None:
+        self.seg.set_state(shmem.PM_STOPPED)
+        self.seg.close()
+
+
+class InjectedOSError(OSError):
+    """An OSError raised on purpose at the fork call site (a Fault.fork_failure)."""
+
+
+def _noop_handler(signum, frame):
+    pass  # the C handler already wrote the signal number into our self-pipe
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)  # our own unreaped child: its pid cannot have been recycled
+    except ProcessLookupError:
+        pass
+
+
+def main(argv) -> int:
+    directory = os.path.abspath(argv[1])
+    ready_fd = int(argv[2]) if len(argv) > 2 else -1
+    cfg = read_config(directory)
+    if cfg["path"]:
+        sys.path[:] = cfg["path"]
+    pm = Postmaster(directory, cfg)
+    pm.setup()
+    if ready_fd >= 0:
+        os.write(ready_fd, b"R")
+        os.close(ready_fd)
+    try:
+        return pm.run()
+    finally:
+        pm.exit_cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,77 @@
+"""Small Linux process facts: start time, pidfds, parent-death signal.
+
+Used by every process of a cluster, so it imports nothing heavy.
+"""
+
+import os
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def start_ticks(pid: int) -> int | None:
+    """Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat), or None.
+
+    A (pid, start_ticks) pair names one process for the lifetime of the machine: a pid
+    that is recycled gets a later start time.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    fields = data[data.rindex(b")") + 2 :].split()
+    return int(fields[19])
+
+
+def process_uid(pid: int) -> int | None:
+    """Real uid of `pid`, or None if it is gone."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def open_pidfd(pid: int, expected_start: int | None = None) -> int | None:
+    """A pidfd for exactly the process (pid, expected_start), or None if that process is gone.
+
+    The start time is checked *after* the pidfd is opened, so the fd can never refer
+    to a process that merely inherited the pid.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except (ProcessLookupError, OSError):
+        return None
+    if expected_start is not None and start_ticks(pid) != expected_start:
+        os.close(fd)
+        return None
+    os.set_inheritable(fd, False)
+    return fd
+
+
+_libc = None
+
+
+def _prctl(option: int, arg: int) -> int:
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc.prctl(option, arg, 0, 0, 0)
+
+
+def set_parent_death_signal(signum: int) -> None:
+    """Ask the kernel to send `signum` when our parent (thread) exits.  Linux only."""
+    _prctl(PR_SET_PDEATHSIG, signum)
+
+
+def set_child_subreaper(on: bool = True) -> None:
+    """Make this process adopt its orphaned descendants (so that it can reap them)."""
+    _prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0)
+
+
+def preload_libc() -> None:
+    """Load libc through ctypes now (postmaster only), so that forked workers need not."""
+    _prctl(0x7FFFFFFF, 0)  # an invalid option: fails harmlessly, but loads ctypes + libc

@@ -1,0 +1,168 @@
+"""The worker side: what runs in a freshly forked child of the postmaster.
+
+``child_main`` is entered right after ``fork()`` and never returns: it ends in
+``os._exit`` with the exit code that the postmaster interprets (PostgreSQL's rules):
+0 when the entry function returns, 1 when it raises (or on SIGTERM), anything else --
+or death by a signal -- is a crash.
+
+Code running in a worker may call ``current()``, ``postmaster_alive()`` and
+``sleep()``.  Lean imports only: this module is loaded in the postmaster before fork.
+"""
+
+import os
+import signal
+import sys
+
+_current = None
+_alive_fd = -1
+_postmaster_pid = 0
+
+
+class WorkerInfo:
+    """What a running worker knows about itself (``bgwlab.worker.current()``)."""
+
+    __slots__ = ("name", "entry", "main_arg", "extra", "slot", "generation", "postmaster_pid")
+
+    def __init__(self, name, entry, main_arg, extra, slot, generation, postmaster_pid):
+        self.name, self.entry, self.main_arg, self.extra = name, entry, main_arg, extra
+        self.slot, self.generation, self.postmaster_pid = slot, generation, postmaster_pid
+
+    def __repr__(self):
+        return (f"WorkerInfo(name={self.name!r}, entry={self.entry!r}, slot={self.slot}, "
+                f"generation={self.generation})")
+
+
+class Terminated(BaseException):
+    """Raised in a worker by SIGTERM (``terminate()`` or shutdown): the worker exits 1."""
+
+
+def current() -> WorkerInfo:
+    """The spec of the worker this code runs in.  Worker only."""
+    if _current is None:
+        raise RuntimeError("bgwlab.worker.current() works only inside a background worker")
+    return _current
+
+
+def postmaster_alive() -> bool:
+    """True while the postmaster lives (PostgreSQL's PostmasterIsAlive).  Worker only."""
+    if _alive_fd < 0:
+        return True
+    import select
+
+    return not select.select([_alive_fd], [], [], 0)[0]
+
+
+def sleep(seconds: float) -> bool:
+    """Sleep, but wake at once if the postmaster dies.  Returns False if it died."""
+    if _alive_fd < 0:
+        import time
+
+        time.sleep(seconds)
+        return True
+    import select
+
+    return not select.select([_alive_fd], [], [], max(0.0, seconds))[0]
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _resolve(entry: str):
+    import importlib
+
+    mod_name, _, qual = entry.partition(":")
+    obj = importlib.import_module(mod_name)
+    for part in qual.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"{entry} is not callable")
+    return obj
+
+
+def _traceback() -> str:
+    import traceback
+
+    return traceback.format_exc(limit=20)[-4000:]
+
+
+def child_main(pm, rw) -> None:
+    """Run one worker.  Child of the postmaster, right after fork(); never returns."""
+    global _current, _alive_fd, _postmaster_pid
+    code = 1
+    events = None
+    try:
+        # 1. Signals: the postmaster's handlers and wakeup fd are not ours.
+        signal.set_wakeup_fd(-1)
+        for s in (signal.SIGUSR1, signal.SIGCHLD, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+            signal.signal(s, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        # 2. Die with the postmaster.  Check after arming: it may have died before.
+        from .procinfo import set_parent_death_signal
+
+        set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != pm.pid:
+            os._exit(1)
+        # 3. Fds that only the postmaster may hold (above all: the alive pipe's write end).
+        for fd in pm.private_fds():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        _alive_fd = pm.alive_r
+        _postmaster_pid = pm.pid
+        rec = rw.spec
+        _current = WorkerInfo(rec.name, rec.entry, rec.main_arg, rec.extra, rw.slot,
+                              rw.generation, pm.pid)
+        events = pm.events.with_source("worker")
+        slot, gen = rw.slot, rw.generation
+        # 4. Injected faults, in the order they would happen.
+        if rec.slow_start_ns:
+            if not sleep(rec.slow_start_ns / 1e9):
+                os._exit(1)  # the postmaster died while we were slow
+        if rec.crash_exit_code >= 0:
+            events.emit("early_crash", slot, gen, injected=True, exit_code=rec.crash_exit_code)
+            os._exit(rec.crash_exit_code)
+        if rec.crash_signal:
+            events.emit("early_crash", slot, gen, injected=True, signal=rec.crash_signal)
+            signal.signal(rec.crash_signal, signal.SIG_DFL)
+            os.kill(os.getpid(), rec.crash_signal)
+            os._exit(1)  # only if the signal did not kill us
+        # 5. Find the user's code.  Failing here is an early crash, never a postmaster failure.
+        try:
+            fn = _resolve(rec.entry)
+        except Terminated:
+            raise
+        except BaseException as e:
+            events.emit("early_crash", slot, gen, injected=False, reason="entry point not loadable",
+                        error=f"{type(e).__name__}: {e}", traceback=_traceback())
+            code = 1
+            return
+        # 6. User code.
+        events.emit("reached_main", slot, gen)
+        try:
+            fn(rec.main_arg)
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except Terminated:
+            code = 1
+        except BaseException as e:
+            events.emit("worker_error", slot, gen, error=f"{type(e).__name__}: {e}",
+                        traceback=_traceback())
+            code = 1
+    except Terminated:
+        code = 1
+    except BaseException:
+        try:
+            sys.stderr.write(_traceback())
+        except Exception:
+            pass
+        code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:
+            pass
+        os._exit(code & 0xFF)
