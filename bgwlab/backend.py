@@ -119,6 +119,10 @@ class Backend:
 
     close = detach
 
+    @property
+    def attached(self) -> bool:
+        return self.index >= 0
+
     def _close_fds(self) -> None:
         for name in ("_lock_fd", "_pm_fd"):
             fd = getattr(self, name)
@@ -127,7 +131,9 @@ class Backend:
                 setattr(self, name, -1)
         if getattr(self, "events", None) is not None:
             self.events.close()
-        # The mapping stays: handles may still read it after detach (get_pid is never refused).
+        if self.seg is not None:
+            self.seg.close()  # the mapping holds an fd of its own
+            self.seg = None
 
     def __enter__(self):
         return self
@@ -236,6 +242,9 @@ class Backend:
     # -- reading slots -------------------------------------------------------------------------
     def _slot_status(self, slot: int, generation: int) -> tuple[HandleStatus, int | None]:
         seg = self.seg
+        if seg is None:
+            raise BgwError("this backend has detached (or its cluster was stopped); handles of a "
+                           "detached backend cannot be read. Attach again with bgwlab.attach(directory)")
         g1 = seg.generation(slot)
         in_use = seg.in_use(slot)
         pid = seg.pid(slot)

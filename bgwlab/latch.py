@@ -219,8 +219,15 @@ class SignalDispatcher:
     def _python_handler(self, signum, frame):
         # Runs later, in the main thread.  The dispatcher thread has already done the
         # work; setting the latches again is a harmless second path (e.g. if someone
-        # replaced our wakeup fd after we installed it).
-        self.set_all()
+        # replaced our wakeup fd after we installed it).  Never block on the lock here:
+        # this handler may interrupt the main thread while *it* holds the lock (in add()
+        # or remove()), and waiting would deadlock the thread on itself.
+        if self._lock.acquire(blocking=False):
+            try:
+                for latch in self._latches:
+                    latch.set()
+            finally:
+                self._lock.release()
 
     def _run(self) -> None:
         r = self._r
@@ -245,10 +252,11 @@ class SignalDispatcher:
 
     # -- latches ----------------------------------------------------------------------------
     def set_all(self) -> None:
+        # Under the lock: a waiter removes its latch (under the lock) before closing it,
+        # so we never write to a closed -- possibly reused -- file descriptor.
         with self._lock:
-            latches = tuple(self._latches)
-        for latch in latches:
-            latch.set()
+            for latch in self._latches:
+                latch.set()
 
     def add(self, latch) -> None:
         with self._lock:

@@ -26,6 +26,8 @@ from .procinfo import open_pidfd, preload_libc, process_uid, start_ticks
 MAX_STARTS_PER_PASS = 100  # as PostgreSQL's MAX_BGWORKERS_TO_LAUNCH
 KILL_GRACE_NS = 5_000_000_000  # SIGKILL children still alive this long after SIGQUIT/SIGTERM
 NEVER = -1
+FORK_BLOCKED_SIGNALS = (signal.SIGUSR1, signal.SIGCHLD, signal.SIGTERM, signal.SIGINT,
+                        signal.SIGHUP, signal.SIGQUIT)
 
 
 class RegisteredWorker:
@@ -426,7 +428,16 @@ class Postmaster:
         try:
             if spec.fork_errno and (spec.fork_failures == 0 or rw.fork_attempts <= spec.fork_failures):
                 raise InjectedOSError(spec.fork_errno, os.strerror(spec.fork_errno))
-            pid = os.fork()
+            # Block our signals across fork(): until the child has dropped our handlers and
+            # wakeup fd (worker.child_main unblocks them), a signal to it would be swallowed
+            # by our no-op handler and its byte written into *our* self-pipe (a SIGTERM to
+            # a newborn worker would shut the cluster down).
+            signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED_SIGNALS)
+            try:
+                pid = os.fork()
+            finally:
+                if os.getpid() == self.pid:  # the parent, or fork() failed
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORK_BLOCKED_SIGNALS)
         except OSError as e:
             t_fail = time.monotonic_ns()
             injected = isinstance(e, InjectedOSError)
@@ -475,10 +486,10 @@ class Postmaster:
         try:
             signal.pidfd_send_signal(fd, signal.SIGUSR1)
         except OSError:
-            self.forget_backend(rw.notify[0])
+            target, rw.notify = rw.notify, None  # forget_backend() may clear rw.notify too
+            self.forget_backend(target[0])
             self.events.emit("notify_dropped", rw.slot, rw.generation, reason="backend exited",
-                             notify_pid=rw.notify[1])
-            rw.notify = None
+                             notify_pid=target[1])
             return 0
         if log:
             self.events.emit("notified", rw.slot, rw.generation, t_ns=t, target_pid=rw.notify[1], reason=reason)
@@ -516,7 +527,10 @@ class Postmaster:
         os.close(b[2])
         for rw in self.workers.values():
             if rw.notify is not None and rw.notify[0] == idx:
-                rw.notify = None  # pending notifications for a departed backend are forgotten
+                # pending notifications for a departed backend are forgotten -- and logged
+                self.events.emit("notify_dropped", rw.slot, rw.generation,
+                                 reason=f"backend {why or 'gone'}", notify_pid=rw.notify[1])
+                rw.notify = None
         if why:
             self.events.emit("backend_gone" if why == "exited" else "backend_detached",
                              backend=idx, backend_pid=b[0])

@@ -97,6 +97,7 @@ def child_main(pm, rw) -> None:
         for s in (signal.SIGUSR1, signal.SIGCHLD, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
             signal.signal(s, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())  # the postmaster blocked them across fork()
         # 2. Die with the postmaster.  Check after arming: it may have died before.
         from .procinfo import set_parent_death_signal
 

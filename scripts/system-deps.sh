@@ -2,7 +2,7 @@
 # Install the Debian packages the test suite needs, if they are missing.
 # Runs as root in CI; for other users it only reports what is missing.
 set -euo pipefail
-packages=()          # filled by later steps (e.g. chromium for the browser check)
+packages=(chromium)  # chromium: the JupyterLab end-to-end check (tests/test_browser.py)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -1,0 +1,29 @@
+"""Worker entry points for the benchmarks (they run inside bgwlab workers).
+
+The postmaster preloads this module (``Cluster.start(preload=...)`` in ``run.py``), so a
+forked worker pays no import for it.  ``WorkerSpec.extra`` carries the path of a
+directory with two FIFOs that the registrant holds open read-write (so that no
+``open()`` here can block):
+
+* ``stamp`` -- the worker writes two 8-byte ``time.monotonic_ns()`` stamps into it: when
+  it reached its entry function, and its *last instruction* before returning;
+* ``go``    -- the worker blocks on one byte from the registrant before finishing, so
+  that the registrant's "worker started" and "worker stopped" measurements stay apart.
+"""
+
+import os
+import time
+
+from bgwlab import worker
+
+
+def timed(arg: int = 0) -> None:
+    """Stamp 'running', wait for 'go', stamp the last instruction, return (exit 0)."""
+    t_main = time.monotonic_ns()
+    d = worker.current().extra.decode()
+    out = os.open(d + "/stamp", os.O_WRONLY | os.O_CLOEXEC)
+    os.write(out, t_main.to_bytes(8, "little"))
+    go = os.open(d + "/go", os.O_RDONLY | os.O_CLOEXEC)
+    os.read(go, 1)
+    t_last = time.monotonic_ns()
+    os.write(out, t_last.to_bytes(8, "little"))  # the one instruction after the stamp

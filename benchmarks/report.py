@@ -1,0 +1,245 @@
+"""Turning samples into the benchmark's tables: summary, ratios, targets, decomposition.
+
+Pure functions on plain lists and dicts (no pandas), so that ``run.py`` stays light and
+the smoke test can check them directly.
+
+A *metric* is named ``system.kind[.variant]``:
+
+* kind ``start``   -- request -> the caller knows the child started (for bgwlab: knows
+  its pid, as ``wait_for_startup`` returns; for the peers: the child said it runs);
+* kind ``running`` -- bgwlab only: request -> the registrant heard from the running worker
+  (the same definition as the peers' ``start``);
+* kind ``death``   -- the child's last instruction -> the caller knows it stopped;
+* kind ``fail``    -- request with an injected fork failure -> the registrant knows;
+* kind ``rate``    -- start/exit cycles per second;
+* kind ``event``   -- microseconds per ``EventWriter.emit`` call.
+"""
+
+from __future__ import annotations
+
+import math
+
+PEERS = ("raw_fork", "mp_fork", "mp_forkserver", "mp_spawn", "popen")
+UNITS = {"start": "ms", "running": "ms", "death": "ms", "fail": "ms", "rate": "cycles/s",
+         "event": "us"}
+# Which peer kind a row is compared with.
+RATIO_KIND = {"start": "start", "running": "start", "death": "death", "rate": "rate"}
+
+SUMMARY_COLUMNS = (["metric", "system", "kind", "variant", "unit", "n", "median", "p99", "mean",
+                    "min", "max", "vs_base"] + [f"x_{p}" for p in PEERS])
+
+
+def split_metric(metric: str) -> tuple[str, str, str]:
+    system, kind, *rest = metric.split(".", 2)
+    return system, kind, (rest[0] if rest else "")
+
+
+def percentile(xs, q: float) -> float:
+    """Linear-interpolation percentile (numpy's default), q in [0, 1]."""
+    xs = sorted(xs)
+    if not xs:
+        return math.nan
+    k = (len(xs) - 1) * q
+    lo = int(math.floor(k))
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def summarize(samples: dict[str, list[float]]) -> list[dict]:
+    """One row per metric: n, median, p99, mean, min, max; ratios filled by add_ratios()."""
+    rows = []
+    for metric, xs in samples.items():
+        if not xs:
+            continue
+        system, kind, variant = split_metric(metric)
+        rows.append({
+            "metric": metric, "system": system, "kind": kind, "variant": variant,
+            "unit": UNITS.get(kind, ""), "n": len(xs), "median": percentile(xs, 0.5),
+            "p99": percentile(xs, 0.99), "mean": sum(xs) / len(xs), "min": min(xs), "max": max(xs),
+        })
+    add_ratios(rows)
+    return rows
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """x_<peer> = this median / the peer's median (same kind); vs_base = / the variant-less row."""
+    by_metric = {r["metric"]: r for r in rows}
+    for r in rows:
+        base = by_metric.get(f"{r['system']}.{r['kind']}")
+        r["vs_base"] = (r["median"] / base["median"]) if (r["variant"] and base) else math.nan
+        pk = RATIO_KIND.get(r["kind"])
+        for p in PEERS:
+            ref = by_metric.get(f"{p}.{pk}") if pk else None
+            r[f"x_{p}"] = r["median"] / ref["median"] if ref and ref["median"] > 0 else math.nan
+
+
+# -- targets (issue 6) ------------------------------------------------------------------------------
+def evaluate_targets(rows: list[dict]) -> list[dict]:
+    """The issue's targets, each with the measured value and whether it is met."""
+    m = {r["metric"]: r for r in rows}
+    out = []
+
+    def add(name, value, limit, unit, note=""):
+        ok = (not math.isnan(value)) and value <= limit
+        out.append({"target": name, "value": value, "limit": limit, "unit": unit,
+                    "met": bool(ok), "note": note})
+
+    def get(metric, stat="median"):
+        r = m.get(metric)
+        return r[stat] if r else math.nan
+
+    start, p99 = get("bgwlab.start"), get("bgwlab.start", "p99")
+    death, fail = get("bgwlab.death"), get("bgwlab.fail")
+    add("start notification median", start, 1.0, "ms")
+    add("start median / multiprocessing fork median", start / get("mp_fork.start"), 0.6, "x",
+        "mp_fork = child running known; bgwlab = pid known")
+    add("start notification p99", p99, 3.0, "ms")
+    add("death notification median", death, 1.0, "ms")
+    add("failed start reported (median)", fail, 2.0, "ms")
+    add("failed start reported (p99)", get("bgwlab.fail", "p99"), 2.0, "ms", "stricter reading")
+    for label, metric, stat in (("start median", "bgwlab.start", "median"),
+                                ("start p99", "bgwlab.start", "p99"),
+                                ("death median", "bgwlab.death", "median"),
+                                ("failed start median", "bgwlab.fail", "median")):
+        base, heavy = get(metric, stat), get(metric + ".heap200", stat)
+        add(f"200 MB registrant: change of {label}", abs(heavy / base - 1) * 100, 20.0, "%",
+            f"{heavy:.3f} vs {base:.3f} ms")
+    on, off = start, get("bgwlab.start.log_off")
+    add("event logging: added to start median", (on / off - 1) * 100, 5.0, "%",
+        f"{on:.3f} (on) vs {off:.3f} ms (off)")
+    return out
+
+
+# -- decomposition from the event log ---------------------------------------------------------------
+START_STAGES = (
+    ("t0", "registered", "registrant: lock, write slot, log"),
+    ("registered", "request_seen", "SIGUSR1 -> postmaster awake, scans slots"),
+    ("request_seen", "fork_attempted", "postmaster: validate, copy, pick due"),
+    ("fork_attempted", "forked", "fork() in the postmaster"),
+    ("forked", "notified", "postmaster: publish pid, pidfd_send_signal"),
+    ("notified", "woke", "SIGUSR1 -> registrant awake (dispatcher, latch)"),
+    ("woke", "t1", "registrant: log 'woke', return"),
+)
+START_SIDE = (("forked", "reached_main", "worker: fork -> user code (in parallel)"),)
+DEATH_STAGES = (
+    ("t_last", "exited", "worker exit -> SIGCHLD -> postmaster reaped"),
+    ("exited", "unregistered", "postmaster: log exit, free slot, log"),
+    ("unregistered", "notified", "postmaster: pidfd_send_signal"),
+    ("notified", "woke", "SIGUSR1 -> registrant awake (dispatcher, latch)"),
+    ("woke", "t3", "registrant: log 'woke', return"),
+)
+FAIL_STAGES = (
+    ("t0", "registered", "registrant: lock, write slot, log"),
+    ("registered", "request_seen", "SIGUSR1 -> postmaster awake, scans slots"),
+    ("request_seen", "fork_attempted", "postmaster: validate, copy, pick due"),
+    ("fork_attempted", "fork_failed", "the (injected) failing fork call"),
+    ("fork_failed", "unregistered", "postmaster: log, free slot, log"),
+    ("unregistered", "notified", "postmaster: pidfd_send_signal"),
+    ("notified", "woke", "SIGUSR1 -> registrant awake (dispatcher, latch)"),
+    ("woke", "t1", "registrant: log 'woke', return"),
+)
+
+
+def _trial_marks(evs, wait: str) -> dict[str, int]:
+    """First time of each kind in one (slot, generation)'s events, for one wait."""
+    marks = {}
+    for e in evs:
+        k = e.kind
+        if k == "woke":
+            if e.detail.get("wait") != wait:
+                continue
+        elif k == "notified":
+            reason = e.detail.get("reason")
+            if (wait == "startup") != (reason in ("forked", "fork failed")):
+                continue
+        marks.setdefault(k, e.t_ns)
+    return marks
+
+
+def decompose(events, trials: list[dict], path: str) -> list[dict]:
+    """Median / p99 of each stage, in microseconds, over `trials` (dicts with slot,
+    generation and the runner's own stamps).  `path` is start, death or fail."""
+    main = {"start": START_STAGES, "death": DEATH_STAGES, "fail": FAIL_STAGES}[path]
+    stages = main + (START_SIDE if path == "start" else ())
+    wait = "shutdown" if path == "death" else "startup"
+    want = {(t["slot"], t["generation"]): t for t in trials}
+    by_key: dict = {}
+    for e in events:
+        key = (e.slot, e.generation)
+        if key in want:
+            by_key.setdefault(key, []).append(e)
+    per_stage = {s[2]: [] for s in stages}
+    totals = []
+    first, last = main[0][0], main[-1][1]
+    for key, t in want.items():
+        marks = _trial_marks(by_key.get(key, []), wait)
+        for k in ("t0", "t1", "t_last", "t3"):
+            if k in t:
+                marks[k] = t[k]
+        if not all(a in marks and b in marks for a, b, _ in stages):
+            continue
+        for a, b, label in stages:
+            per_stage[label].append((marks[b] - marks[a]) / 1000)
+        totals.append((marks[last] - marks[first]) / 1000)
+    total_median = percentile(totals, 0.5)
+    rows = []
+    for a, b, label in stages:
+        xs = per_stage[label]
+        med = percentile(xs, 0.5)
+        side = (a, b, label) in START_SIDE
+        rows.append({"path": path, "stage": label, "from": a, "to": b, "n": len(xs),
+                     "median_us": med, "p99_us": percentile(xs, 0.99),
+                     "share": math.nan if side else med / total_median})
+    rows.append({"path": path, "stage": "total", "from": first, "to": last, "n": len(totals),
+                 "median_us": total_median, "p99_us": percentile(totals, 0.99), "share": 1.0})
+    return rows
+
+
+# -- printing ------------------------------------------------------------------------------------------
+def _fmt(v, unit: str = "") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if unit == "cycles/s":
+        return f"{v:.0f}"
+    if unit == "us":
+        return f"{v:.2f}"
+    if abs(v) >= 100:
+        return f"{v:.1f}"
+    return f"{v:.3f}"
+
+
+def _ratio(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.2f}x"
+
+
+def format_table(rows: list[dict]) -> str:
+    head = (f"{'metric':<40} {'unit':>8} {'n':>5} {'median':>9} {'p99':>9} {'vs base':>8} "
+            + " ".join(f"{'x ' + p:>14}" for p in PEERS))
+    lines = [head, "-" * len(head)]
+    order = {"start": 0, "running": 1, "death": 2, "fail": 3, "rate": 4, "event": 5}
+    for r in sorted(rows, key=lambda r: (order.get(r["kind"], 9), r["system"] != "bgwlab", r["metric"])):
+        u = r["unit"]
+        lines.append(f"{r['metric']:<40} {u:>8} {r['n']:>5} {_fmt(r['median'], u):>9} "
+                     f"{_fmt(r['p99'], u):>9} {_ratio(r['vs_base']):>8} "
+                     + " ".join(f"{_ratio(r['x_' + p]):>14}" for p in PEERS))
+    return "\n".join(lines)
+
+
+def format_targets(targets: list[dict]) -> str:
+    lines = [f"{'target':<52} {'value':>9} {'limit':>8}  met   note", "-" * 100]
+    for t in targets:
+        lines.append(f"{t['target']:<52} {_fmt(t['value']):>9} {_fmt(t['limit']):>8} "
+                     f"{t['unit']:<2} {'yes' if t['met'] else 'NO ':<4} {t['note']}")
+    return "\n".join(lines)
+
+
+def format_decomposition(rows: list[dict]) -> str:
+    lines = [f"{'path':<6} {'stage':<50} {'n':>5} {'median us':>10} {'p99 us':>10} {'share':>6}",
+             "-" * 92]
+    for r in rows:
+        share = "-" if math.isnan(r["share"]) else f"{100 * r['share']:.0f}%"
+        lines.append(f"{r['path']:<6} {r['stage']:<50} {r['n']:>5} {_fmt(r['median_us'], 'us'):>10} "
+                     f"{_fmt(r['p99_us'], 'us'):>10} {share:>6}")
+    return "\n".join(lines)

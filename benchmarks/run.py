@@ -1,0 +1,429 @@
+"""bgwlab's benchmark suite: start / death / failed-start notification against the peers.
+
+    make bench          # full run, ~5-10 minutes; writes data/bench/bench_full*
+    make bench-quick    # under a minute; writes data/bench/bench_quick*
+    .venv/bin/python benchmarks/run.py [--quick] [--rounds N] [--out DIR] [--no-save]
+
+What one run does (everything interleaved: every round runs every trial in a shuffled
+order, so a disturbance on the shared machine hits all of them alike):
+
+* five clusters: ``max_workers`` 8 (the base, events logged), 8 with ``log_events=False``,
+  64, 256 and 1,024 slots, and 1,024 slots with ~1,000 of them running sleepers;
+* measuring processes (``runner.py``): a lean registrant, a registrant holding a 200 MB
+  heap of Python objects, three more registrants for the 4-registrant cycles, and two
+  peer runners (lean and 200 MB) for ``os.fork`` + signal, ``multiprocessing`` fork /
+  forkserver / spawn and ``subprocess.Popen``;
+* per trial: request -> pid known (``wait_for_startup``), request -> "I run" heard from
+  the worker, the worker's last instruction -> stop known (``wait_for_shutdown``), and
+  a start with ``Fault.fork_failure()`` -> failure known; the same two stamps for each
+  peer; every few rounds, start/exit cycles per second for a fixed time;
+* after the rounds: the latency decomposition from the base cluster's event log, the
+  issue's targets, and the cost of one event (``bench_events.py``).
+
+Output: a table of medians, p99 and ratios to each peer on stdout, and under ``--out``
+(default ``data/bench``): ``bench_<mode>.csv`` (summary), ``_samples.csv``,
+``_decomposition.csv``, ``_targets.csv``, ``.txt`` (the printed report) and
+``.meta.json`` (machine, CPUs, Python, commit, date, load averages, plan).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import math
+import os
+import platform
+import random
+import select
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))  # bench_entry (preloaded by the postmasters), peers, report
+
+import report  # noqa: E402
+
+PRELOAD = ("bgwlab.examples", "bench_entry")
+HEAP_MB = 200
+
+
+@dataclass
+class Plan:
+    """How much of everything one run does."""
+
+    mode: str
+    rounds: int
+    base_reps: int  # timed trials per round on the base cluster and its main variants
+    variant_reps: int  # per round on each max_workers variant
+    fail_reps: int
+    fast_peer_reps: int  # raw fork, multiprocessing fork (lean and 200 MB)
+    slow_peer_reps: int  # forkserver, spawn, Popen
+    cycles_every: int  # run the cycles block after every n-th round
+    cycles_s: float  # duration of one cycles measurement
+    busy_workers: int  # sleepers in the max_workers=1024 "busy" cluster
+    event_n: int  # events per shape in bench_events
+
+    @property
+    def busy_variant(self) -> str:
+        return f"mw1024_busy{self.busy_workers}"
+
+
+QUICK = Plan("quick", rounds=15, base_reps=3, variant_reps=1, fail_reps=2, fast_peer_reps=1,
+             slow_peer_reps=1, cycles_every=5, cycles_s=0.2, busy_workers=100, event_n=5_000)
+FULL = Plan("full", rounds=300, base_reps=5, variant_reps=2, fail_reps=3, fast_peer_reps=2,
+            slow_peer_reps=1, cycles_every=10, cycles_s=0.5, busy_workers=1000, event_n=50_000)
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+# -- measuring processes ---------------------------------------------------------------------------
+class Runner:
+    """A ``runner.py`` child, spoken to one JSON line at a time."""
+
+    def __init__(self, role: str, name: str):
+        self.name = name
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "runner.py"), role],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=os.getcwd())
+        self.pid = self.proc.pid
+
+    def send(self, **cmd) -> None:
+        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def recv(self, timeout: float = 120.0) -> dict:
+        if not select.select([self.proc.stdout], [], [], timeout)[0]:
+            raise BenchError(f"runner {self.name} did not answer within {timeout} s")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise BenchError(f"runner {self.name} exited (code {self.proc.poll()})")
+        res = json.loads(line)
+        if not res.pop("ok"):
+            raise BenchError(f"runner {self.name}: {res['error']}\n{res.get('traceback', '')}")
+        return res
+
+    def call(self, timeout: float = 120.0, **cmd) -> dict:
+        self.send(**cmd)
+        return self.recv(timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.call(timeout=10, op="quit")
+                self.proc.wait(10)
+            except (BenchError, OSError, ValueError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+# -- metadata ---------------------------------------------------------------------------------------
+def _git(*args) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def machine_metadata() -> dict:
+    status = _git("status", "--porcelain")
+    return {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "python_implementation": platform.python_implementation(),
+        "commit": _git("rev-parse", "HEAD"),
+        "worktree_dirty": bool(status),
+        "loadavg_start": list(os.getloadavg()),
+        "shared_machine": True,
+        "note": ("measured on a machine shared with other engineers running tests; "
+                 "load averages are recorded at start, per round and at the end"),
+    }
+
+
+# -- the run ----------------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, plan: Plan, *, seed: int = 0, progress: bool = True, log=print):
+        self.plan = plan
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.progress = progress
+        self.log = log
+        self.samples: dict[str, list[float]] = {}
+        self.sample_rows: list[tuple] = []
+        self.trials: dict[str, list[dict]] = {"start": [], "fail": []}
+        self.clusters: dict = {}
+        self.runners: dict[str, Runner] = {}
+        self.loads: list[float] = []
+        self.meta: dict = {}
+
+    # -- setup / teardown -------------------------------------------------------------------------
+    def setup(self) -> None:
+        from bgwlab import Cluster
+
+        p = self.plan
+        specs = {"base": (8, True), "log_off": (8, False), "mw64": (64, True),
+                 "mw256": (256, True), "mw1024": (1024, True), p.busy_variant: (1024, True)}
+        for name, (mw, log) in specs.items():
+            self.clusters[name] = Cluster.start(max_workers=mw, log_events=log, preload=PRELOAD)
+        self._fill_busy(self.clusters[p.busy_variant], p.busy_workers)
+        for name, role in (("lean", "bgw"), ("heavy", "bgw"), ("c1", "bgw"), ("c2", "bgw"),
+                           ("c3", "bgw"), ("peers", "peers"), ("peers_heavy", "peers")):
+            self.runners[name] = Runner(role, name)
+        dirs = {n: [str(c.directory), n != "log_off"] for n, c in self.clusters.items()}
+        self.runner_pids = {n: r.pid for n, r in self.runners.items()}
+        self.runners["lean"].call(op="attach", clusters=dirs)
+        for n in ("heavy", "c1", "c2", "c3"):
+            self.runners[n].call(op="attach", clusters={k: dirs[k] for k in ("base", "log_off")})
+        heaps = {}
+        for n in ("heavy", "peers_heavy"):
+            heaps[n] = self.runners[n].call(op="heap", mb=HEAP_MB, timeout=300)
+        lean_rss = {n: self.runners[n].call(op="ping")["rss_mb"] for n in ("lean", "peers")}
+        self.meta["heap"] = {"requested_mb": HEAP_MB, "kind": "list of 99-byte bytes objects",
+                             **{n: {"rss_mb": round(h["rss_mb"], 1),
+                                    "rss_before_mb": round(h["rss_before_mb"], 1),
+                                    "objects": h["objects"]} for n, h in heaps.items()},
+                             "lean_rss_mb": {n: round(v, 1) for n, v in lean_rss.items()}}
+
+    def _fill_busy(self, cluster, n: int) -> None:
+        from bgwlab import NEVER_RESTART, WorkerSpec
+
+        b = cluster.connect()
+        spec = WorkerSpec(name="busy", entry="bgwlab.examples:sleep_forever", main_arg=0,
+                          extra=b"", restart=NEVER_RESTART, notify=False)
+        for _ in range(n):
+            b.register_dynamic_worker(spec)
+        deadline = time.monotonic() + 120
+        while len(cluster.worker_pids()) < n:
+            if time.monotonic() > deadline:
+                raise BenchError(f"only {len(cluster.worker_pids())} of {n} busy workers started")
+            time.sleep(0.02)
+
+    def teardown(self) -> list:
+        for r in self.runners.values():
+            r.close()
+        base_events = []
+        for name, c in self.clusters.items():
+            c.stop()
+            if name == "base":
+                base_events = c.events()
+        return base_events
+
+    # -- recording --------------------------------------------------------------------------------
+    def add(self, metric: str, value: float, rnd: int) -> None:
+        self.samples.setdefault(metric, []).append(value)
+        self.sample_rows.append((metric, rnd, value))
+
+    # -- tasks ------------------------------------------------------------------------------------
+    def tasks(self) -> list:
+        """(runner, command, record) triples for one round; record(response, round)."""
+        p = self.plan
+        out = []
+
+        def timed(runner, cluster, suffix, reps, keep=("start", "running", "death"), trace=False):
+            def record(res, rnd):
+                ms = {"start": (res["t1"] - res["t0"]) / 1e6,
+                      "running": (res["t_run"] - res["t0"]) / 1e6,
+                      "death": (res["t3"] - res["t_last"]) / 1e6}
+                for k in keep:
+                    self.add(f"bgwlab.{k}{suffix}", ms[k], rnd)
+                if trace:
+                    self.trials["start"].append(res)
+            out.extend([(runner, {"op": "timed", "cluster": cluster}, record)] * reps)
+
+        def fail(runner, cluster, suffix, reps, trace=False):
+            def record(res, rnd):
+                self.add(f"bgwlab.fail{suffix}", (res["t1"] - res["t0"]) / 1e6, rnd)
+                if trace:
+                    self.trials["fail"].append(res)
+            out.extend([(runner, {"op": "fail", "cluster": cluster}, record)] * reps)
+
+        def peer(runner, name, suffix, reps):
+            def record(res, rnd):
+                self.add(f"{name}.start{suffix}", (res["t1"] - res["t0"]) / 1e6, rnd)
+                self.add(f"{name}.death{suffix}", (res["t3"] - res["t_last"]) / 1e6, rnd)
+            out.extend([(runner, {"op": "trial", "name": name}, record)] * reps)
+
+        timed("lean", "base", "", p.base_reps, trace=True)
+        timed("heavy", "base", ".heap200", p.base_reps)
+        timed("lean", "log_off", ".log_off", p.base_reps, keep=("start", "death"))
+        for v in ("mw64", "mw256", "mw1024", p.busy_variant):
+            timed("lean", v, f".{v}", p.variant_reps, keep=("start", "death"))
+        fail("lean", "base", "", p.fail_reps, trace=True)
+        fail("heavy", "base", ".heap200", p.fail_reps)
+        fail("lean", "log_off", ".log_off", p.fail_reps)
+        for name in ("raw_fork", "mp_fork"):
+            peer("peers", name, "", p.fast_peer_reps)
+            peer("peers_heavy", name, ".heap200", p.fast_peer_reps)
+        for name in ("mp_forkserver", "mp_spawn", "popen"):
+            peer("peers", name, "", p.slow_peer_reps)
+        return out
+
+    def cycle_blocks(self) -> list:
+        """(metric, [(runner, command)]) -- the runners of one block run at the same time."""
+        regs = ("c1", "c2", "c3")
+        bgw = {"op": "cycles", "cluster": "base"}
+        return [
+            ("bgwlab.rate", [("lean", bgw)]),
+            ("bgwlab.rate.4_registrants", [("lean", bgw)] + [(c, bgw) for c in regs]),
+            ("bgwlab.rate.heap200", [("heavy", bgw)]),
+            ("bgwlab.rate.4_registrants_heap200", [("heavy", bgw)] + [(c, bgw) for c in regs]),
+            ("raw_fork.rate", [("peers", {"op": "cycles", "name": "raw_fork"})]),
+            ("mp_fork.rate", [("peers", {"op": "cycles", "name": "mp_fork"})]),
+            ("mp_fork.rate.heap200", [("peers_heavy", {"op": "cycles", "name": "mp_fork"})]),
+        ]
+
+    def run_cycles(self, rnd: int) -> None:
+        blocks = self.cycle_blocks()
+        self.rng.shuffle(blocks)
+        for metric, members in blocks:
+            t_begin = time.monotonic_ns() + 20_000_000
+            for name, cmd in members:
+                self.runners[name].send(**cmd, t_begin=t_begin, duration_s=self.plan.cycles_s)
+            results = [self.runners[name].recv() for name, _ in members]
+            elapsed = (max(r["t_done"] for r in results) - t_begin) / 1e9
+            self.add(metric, sum(r["count"] for r in results) / elapsed, rnd)
+
+    # -- the whole run ----------------------------------------------------------------------------
+    def run(self) -> dict:
+        p = self.plan
+        t_start = time.monotonic()
+        self.meta.update(machine_metadata())
+        self.meta["plan"] = asdict(p)
+        self.meta["seed"] = self.seed
+        try:
+            self.setup()
+            tasks = self.tasks()
+            for runner, cmd, _ in {(r, json.dumps(c, sort_keys=True)): (r, c, None)
+                                   for r, c, _ in tasks}.values():
+                self.runners[runner].call(**cmd)  # warm-up: first forks, forkserver, imports
+            rounds = range(1, p.rounds + 1)
+            if self.progress:
+                from tqdm.auto import tqdm
+
+                rounds = tqdm(rounds, desc=f"bench ({p.mode})", unit="round", file=sys.stderr)
+            for rnd in rounds:
+                order = list(tasks)
+                self.rng.shuffle(order)
+                for runner, cmd, record in order:
+                    record(self.runners[runner].call(**cmd), rnd)
+                if rnd % p.cycles_every == 0:
+                    self.run_cycles(rnd)
+                self.loads.append(os.getloadavg()[0])
+        finally:
+            events = self.teardown()
+        from bench_events import measure
+
+        for shape, xs in measure(p.event_n).items():
+            for x in xs:
+                self.add(f"eventlog.event.{shape}", x, 0)
+        self.meta["loadavg_end"] = list(os.getloadavg())
+        self.meta["loadavg_1min_during"] = {
+            "min": min(self.loads, default=math.nan), "median": report.percentile(self.loads, 0.5),
+            "max": max(self.loads, default=math.nan)}
+        self.meta["duration_s"] = round(time.monotonic() - t_start, 1)
+        self.meta["runner_pids"] = self.runner_pids
+        summary = report.summarize(self.samples)
+        decomposition = (report.decompose(events, self.trials["start"], "start")
+                         + report.decompose(events, self.trials["start"], "death")
+                         + report.decompose(events, self.trials["fail"], "fail"))
+        return {"summary": summary, "targets": report.evaluate_targets(summary),
+                "decomposition": decomposition, "metadata": self.meta,
+                "samples": self.sample_rows}
+
+
+# -- output -----------------------------------------------------------------------------------------
+def render(result: dict) -> str:
+    m = result["metadata"]
+    la = m["loadavg_1min_during"]
+    head = (f"bgwlab benchmark ({m['plan']['mode']}): {m['date_utc']}  {m['hostname']}  "
+            f"{m['cpu_model']} x{m['cpu_count']}  Python {m['python']}  commit {m['commit'][:12]}"
+            f"{' (dirty tree)' if m['worktree_dirty'] else ''}\n"
+            f"load average (1 min) at start {m['loadavg_start'][0]:.2f}, during "
+            f"{la['min']:.2f}..{la['max']:.2f} (median {la['median']:.2f}), at end "
+            f"{m['loadavg_end'][0]:.2f}; {m['duration_s']} s; shared machine\n"
+            "start = request -> caller knows it started (bgwlab: pid known; peers: child said it runs); "
+            "running = request -> bgwlab registrant heard from its running worker; "
+            "death = child's last instruction -> caller knows it stopped; "
+            "x peer = median / peer's median of the same kind")
+    return "\n\n".join([head, report.format_table(result["summary"]),
+                        "Targets (issue 6)\n" + report.format_targets(result["targets"]),
+                        "Where the time goes (base cluster's event log, lean registrant)\n"
+                        + report.format_decomposition(result["decomposition"])])
+
+
+def _csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def save(result: dict, out: Path, text: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"bench_{result['metadata']['plan']['mode']}"
+    _csv(stem.with_suffix(".csv"), result["summary"], report.SUMMARY_COLUMNS)
+    _csv(Path(f"{stem}_targets.csv"), result["targets"],
+         ["target", "value", "limit", "unit", "met", "note"])
+    _csv(Path(f"{stem}_decomposition.csv"), result["decomposition"],
+         ["path", "stage", "from", "to", "n", "median_us", "p99_us", "share"])
+    with open(f"{stem}_samples.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["metric", "round", "value"])
+        w.writerows((m, r, f"{v:.6g}") for m, r, v in result["samples"])
+    Path(f"{stem}.txt").write_text(text + "\n")
+    Path(f"{stem}.meta.json").write_text(json.dumps(result["metadata"], indent=2, sort_keys=True) + "\n")
+    return stem.with_suffix(".csv")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="bgwlab benchmark suite (issue 6)")
+    ap.add_argument("--quick", action="store_true", help="small run, under a minute")
+    ap.add_argument("--rounds", type=int, help="override the number of rounds")
+    ap.add_argument("--out", default=str(ROOT / "data" / "bench"), help="output directory")
+    ap.add_argument("--no-save", action="store_true", help="print only")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.rounds:
+        plan = Plan(**{**asdict(plan), "rounds": args.rounds})
+    result = Bench(plan, seed=args.seed, progress=not args.no_progress).run()
+    text = render(result)
+    print(text)
+    if not args.no_save:
+        path = save(result, Path(args.out), text)
+        print(f"\nsaved {path} (+ _samples, _targets, _decomposition .csv, .txt, .meta.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""Small helpers the teaching notebooks call, so that their cells stay short.
+
+* ``quick_mode()`` -- ``BGWLAB_QUICK=1`` means small trial counts everywhere.
+* ``event_table(events, ...)`` -- events as a DataFrame with times in ms from a reference.
+* ``time_until_gone(pids, since_ns)`` -- when each process exited (pidfds, no polling).
+* Notebook 08, how a latch works:
+  ``race_demo()`` shows the lost wakeup of a bare signal next to a latch, and
+  ``measure_wakeups()`` / ``plot_wakeups()`` measure how fast (and how cheaply) a waiter
+  learns that something happened: eventfd latch, self-pipe latch, pidfd, polling.
+
+Nothing here forks the calling process: helper processes are started with
+``subprocess`` (fork+exec in C), the only safe way from a multi-threaded Jupyter kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+__all__ = ["quick_mode", "event_table", "time_until_gone", "race_demo", "measure_wakeups",
+           "plot_wakeups", "SIGNAL_MECHANISMS", "EXIT_MECHANISMS"]
+
+
+def quick_mode() -> bool:
+    """True when ``BGWLAB_QUICK=1``: notebooks then use small trial counts."""
+    return os.environ.get("BGWLAB_QUICK", "") not in ("", "0")
+
+
+def event_table(events, slot: int | None = None, generation: int | None = None,
+                kinds=None, since_ns: int | None = None):
+    """Events as a DataFrame: ``t_ms`` (from `since_ns`, default the first event shown),
+    kind, source, pid, slot, generation, detail.  Filter by slot, generation and kinds."""
+    import pandas as pd
+
+    rows = [e for e in events
+            if (slot is None or e.slot == slot)
+            and (generation is None or e.generation == generation)
+            and (kinds is None or e.kind in kinds)]
+    t0 = since_ns if since_ns is not None else (rows[0].t_ns if rows else 0)
+    return pd.DataFrame(
+        [dict(t_ms=round((e.t_ns - t0) / 1e6, 3), kind=e.kind, source=e.source, pid=e.pid,
+              slot=e.slot, generation=e.generation,
+              detail=", ".join(f"{k}={v}" for k, v in e.detail.items() if k != "traceback"))
+         for e in rows],
+        columns=["t_ms", "kind", "source", "pid", "slot", "generation", "detail"])
+
+
+def time_until_gone(pids, since_ns: int, timeout: float = 10.0) -> dict:
+    """Wait (on pidfds) until every process in `pids` has exited; return pid -> ms after `since_ns`.
+
+    A pid that was already gone maps to 0.0 only if it cannot be opened at all; one still
+    running at `timeout` maps to None.
+    """
+    fds, out = {}, {}
+    for pid in pids:
+        try:
+            fds[os.pidfd_open(pid)] = pid
+        except OSError:
+            out[pid] = 0.0
+    deadline = time.monotonic() + timeout
+    try:
+        while fds:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            p = select.poll()
+            for fd in fds:
+                p.register(fd, select.POLLIN)
+            ready = p.poll(int(remaining * 1000) + 1)
+            now = time.monotonic_ns()
+            for fd, _ in ready:
+                out[fds.pop(fd)] = (now - since_ns) / 1e6
+                os.close(fd)
+    finally:
+        for fd, pid in fds.items():
+            out[pid] = None
+            os.close(fd)
+    return out
+
+
+# -- notebook 08: the lost wakeup ------------------------------------------------------------
+def _dispatcher():
+    from .latch import dispatcher
+
+    dispatcher.install()  # first call must be in the main thread (a notebook cell is)
+    return dispatcher
+
+
+def race_demo(timeout: float = 0.3, send_after: float = 0.05):
+    """Wait for "the worker started" (a flag + SIGUSR1), four ways; return a DataFrame.
+
+    Waiters: ``bare`` (check the flag, then sleep in ``select()`` hoping the signal wakes
+    it) and ``latch`` (reset the latch, check, ``poll()`` on the latch's fd).  The signal
+    lands either *in the window* (after the check, before the sleep -- we send it right
+    there, deterministically) or *during the sleep* (a thread sends it `send_after` s
+    later).  Columns: waiter, signal, signal_at_ms, woke_at_ms, lost (woke only at the
+    timeout although the signal had arrived).
+    """
+    import pandas as pd
+
+    from .latch import EventfdLatch
+
+    d = _dispatcher()
+    rows = []
+    for when in ("in the window", "during the sleep"):
+        for waiter in ("bare", "latch"):
+            flag = {"set": False, "t": None}
+            latch = EventfdLatch()
+            d.add(latch)
+
+            def send():
+                flag["set"] = True  # the condition becomes true...
+                flag["t"] = time.monotonic_ns()
+                os.kill(os.getpid(), signal.SIGUSR1)  # ...and the waiter is signalled
+
+            timer = None
+            try:
+                t0 = time.monotonic_ns()
+                if when == "during the sleep":
+                    timer = threading.Timer(send_after, send)
+                    timer.start()
+                if waiter == "latch":
+                    latch.reset()
+                ready = flag["set"]  # (1) check
+                if when == "in the window":
+                    send()  # the signal lands here: after the check, before the sleep
+                if not ready:  # (2) sleep
+                    if waiter == "bare":
+                        select.select([], [], [], timeout)  # only a signal "should" end this
+                    else:
+                        latch.wait(timeout)
+                t1 = time.monotonic_ns()
+            finally:
+                if timer is not None:
+                    timer.join()
+                d.remove(latch)
+                latch.close()
+            woke = (t1 - t0) / 1e6
+            rows.append(dict(waiter=waiter, signal=when, signal_at_ms=round((flag["t"] - t0) / 1e6, 3),
+                             woke_at_ms=round(woke, 3), lost=woke >= timeout * 1000 * 0.9))
+    return pd.DataFrame(rows)
+
+
+# -- notebook 08: measured wakeups -------------------------------------------------------------
+SIGNAL_MECHANISMS = ("eventfd latch", "self-pipe latch", "polling 1 ms", "polling 10 ms")
+EXIT_MECHANISMS = ("pidfd", "polling 1 ms", "polling 10 ms")
+
+_PINGER = r"""
+import os, signal, sys, time
+parent = int(sys.argv[1])
+for line in sys.stdin:
+    time.sleep(float(line) / 1000)
+    t = time.monotonic_ns()
+    os.kill(parent, signal.SIGUSR1)
+    sys.stdout.write(f"{t}\n")
+    sys.stdout.flush()
+"""
+
+_EXITER = r"""
+import os, sys, time
+time.sleep(float(sys.argv[1]) / 1000)
+sys.stdout.write(f"{time.monotonic_ns()}\n")
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+def _poll_until(predicate, interval: float, limit: float = 5.0) -> None:
+    end = time.monotonic() + limit
+    while not predicate() and time.monotonic() < end:
+        time.sleep(interval)
+
+
+def _signal_trial(mechanism: str, pinger, delay_ms: float, d) -> tuple[float, float]:
+    from .latch import EventfdLatch, PipeLatch
+
+    if mechanism.startswith("polling"):
+        interval = float(mechanism.split()[1]) / 1000
+        seen = d.signals_seen
+        c0 = time.thread_time()
+        pinger.stdin.write(f"{delay_ms}\n")
+        pinger.stdin.flush()
+        _poll_until(lambda: d.signals_seen != seen, interval)
+    else:
+        latch = EventfdLatch() if mechanism.startswith("eventfd") else PipeLatch()
+        d.add(latch)
+        try:
+            latch.reset()
+            c0 = time.thread_time()
+            pinger.stdin.write(f"{delay_ms}\n")
+            pinger.stdin.flush()
+            latch.wait(5.0)
+        finally:
+            d.remove(latch)
+            latch.close()
+    t1 = time.monotonic_ns()
+    cpu = time.thread_time() - c0
+    t_sent = int(pinger.stdout.readline())
+    return (t1 - t_sent) / 1e3, cpu * 1e6
+
+
+def _exit_trial(mechanism: str, delay_ms: float) -> tuple[float, float]:
+    c0 = time.thread_time()
+    proc = subprocess.Popen([sys.executable, "-S", "-c", _EXITER, str(delay_ms)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        if mechanism == "pidfd":
+            fd = os.pidfd_open(proc.pid)
+            try:
+                select.select([fd], [], [], 10)
+            finally:
+                os.close(fd)
+        else:
+            interval = float(mechanism.split()[1]) / 1000
+            _poll_until(lambda: os.waitid(os.P_PID, proc.pid,
+                                          os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None,
+                        interval, limit=10)
+        t1 = time.monotonic_ns()
+        cpu = time.thread_time() - c0
+        t_last = int(proc.stdout.readline())
+    finally:
+        proc.stdout.close()
+        proc.wait()
+    return (t1 - t_last) / 1e3, cpu * 1e6
+
+
+def measure_wakeups(trials: int = 50, signal_mechanisms=SIGNAL_MECHANISMS,
+                    exit_mechanisms=EXIT_MECHANISMS, progress: bool = True, seed: int = 0):
+    """Measure how long a waiter takes to notice (a) a SIGUSR1 from another process and
+    (b) another process's exit, for each mechanism; trials interleaved in random order.
+
+    The other process records CLOCK_MONOTONIC just before it signals / exits, after a
+    random delay of 2-20 ms so that the waiter really sleeps.  Returns a DataFrame:
+    event ("signal"/"exit"), mechanism, trial, latency_us, cpu_us (CPU time of the
+    waiting thread over the whole wait, delay included).
+    """
+    import random
+
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    d = _dispatcher()
+    rng = random.Random(seed)
+    plan = [("signal", m, i) for m in signal_mechanisms for i in range(trials)]
+    plan += [("exit", m, i) for m in exit_mechanisms for i in range(trials)]
+    rng.shuffle(plan)
+    rows = []
+    pinger = subprocess.Popen([sys.executable, "-S", "-c", _PINGER, str(os.getpid())],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        for event, mech, i in tqdm(plan, desc="wakeups", disable=not progress):
+            delay = rng.uniform(2, 20)
+            if event == "signal":
+                lat, cpu = _signal_trial(mech, pinger, delay, d)
+            else:
+                lat, cpu = _exit_trial(mech, delay)
+            rows.append(dict(event=event, mechanism=mech, trial=i, delay_ms=round(delay, 3),
+                             latency_us=round(lat, 1), cpu_us=round(cpu, 1)))
+    finally:
+        pinger.stdin.close()
+        pinger.stdout.close()
+        pinger.wait(10)
+    return pd.DataFrame(rows)
+
+
+def plot_wakeups(df, ax=None):
+    """Latency to notice each event, per mechanism (log scale; dots = trials, bar = median)."""
+    import numpy as np
+
+    if ax is None:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(8, 3.6))
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    groups = [(ev, m) for ev in ("signal", "exit") for m in
+              df.loc[df.event == ev, "mechanism"].drop_duplicates()]
+    labels = []
+    for y, (ev, m) in enumerate(groups):
+        sub = df[(df.event == ev) & (df.mechanism == m)]
+        lat = sub.latency_us.clip(lower=1).to_numpy()
+        jitter = np.linspace(-0.25, 0.25, len(lat)) if len(lat) > 1 else np.zeros(len(lat))
+        colour = "C0" if ev == "signal" else "C1"
+        ax.scatter(lat, y + jitter, s=8, alpha=0.5, color=colour)
+        med = float(np.median(lat))
+        ax.plot([med, med], [y - 0.35, y + 0.35], color="black", lw=2)
+        ax.annotate(f"{med:,.0f} µs, CPU {sub.cpu_us.median():,.0f} µs", (med, y + 0.38),
+                    fontsize=7, ha="center", va="bottom")
+        labels.append(f"{ev}: {m}")
+    ax.set_yticks(range(len(groups)), labels)
+    ax.set_xscale("log")
+    ax.set_xlabel("time from the event to the waiter running (µs, log scale)")
+    ax.set_ylim(-0.7, len(groups) - 0.1)
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title("How fast does a waiter notice? (black bar: median; CPU: median per wait)")
+    fig.tight_layout()
+    return fig

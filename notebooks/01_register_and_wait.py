@@ -1,0 +1,167 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: -all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · Register and wait: handles, statuses, generations
+#
+# > **The question.** After `register_dynamic_worker()`, what exactly do you hold, what can
+# > you ask it, and what does the answer `STARTED` promise — and what does it *not* promise?
+#
+# A **handle** is two numbers: the slot the worker was put in, and that slot's
+# **generation** (bumped every time the slot is reused). You can ask it:
+#
+# | call | blocks? | returns |
+# |---|---|---|
+# | `h.get_pid()` | never | `(STARTED, pid)`, `(NOT_YET_STARTED, None)` or `(STOPPED, None)` — never `POSTMASTER_DIED` |
+# | `h.wait_for_startup(timeout=None)` | until the postmaster has *tried* | `STARTED`+pid, `STOPPED` or `POSTMASTER_DIED` |
+# | `h.wait_for_shutdown(timeout=None)` | until the worker is gone | `STOPPED` or `POSTMASTER_DIED` |
+# | `h.terminate()` | never | asks the postmaster to stop (or never start) it |
+#
+# **Predict first.**
+# 1. Right after registering, before waiting, what will `get_pid()` say?
+# 2. A worker is slowed down for half a second *after* the fork but *before* your code runs.
+#    How long will `wait_for_startup()` take: ~0 ms or ~500 ms?
+# 3. A worker finished and its slot was reused by another worker. What does the *old*
+#    handle say now?
+
+# %%
+import matplotlib.pyplot as plt
+
+from bgwlab import Cluster, Fault, WorkerSpec
+from bgwlab.plots import plot_timeline
+from bgwlab.teaching import event_table, quick_mode
+
+QUICK = quick_mode()
+cluster = Cluster.start(max_workers=2)   # only two slots: reuse comes quickly
+backend = cluster.connect()
+
+# %% [markdown]
+# ## 1. Statuses, from the first microsecond
+
+# %%
+h = backend.register_dynamic_worker(
+    WorkerSpec(name="sleeper", entry="bgwlab.examples:sleep_ms", main_arg=200))
+print("right after register:", h.get_pid())
+print("wait_for_startup:    ", h.wait_for_startup())
+print("get_pid while it runs:", h.get_pid())
+print("wait_for_shutdown:   ", h.wait_for_shutdown())
+print("get_pid afterwards:  ", h.get_pid())
+
+# %% [markdown]
+# `NOT_YET_STARTED` means the slot's pid is still -1: the postmaster has not forked yet.
+# It is the one status `wait_for_startup()` never returns (without a timeout): the wait
+# exists precisely to sleep through it.
+
+# %% [markdown]
+# ## 2. What `STARTED` does not promise
+#
+# `STARTED` means *the postmaster forked a process for this slot and recorded its pid*.
+# It does not mean your code is running yet — nor that it ever will. A worker slowed down
+# for 0.5 s between the fork and its entry point:
+
+# %%
+slow = backend.register_dynamic_worker(
+    WorkerSpec(name="slowpoke", entry="bgwlab.examples:sleep_ms", main_arg=50,
+               fault=Fault.slow_start(0.5, where="worker")))
+status, pid = slow.wait_for_startup()
+print(status.name, pid)
+slow.wait_for_shutdown()
+t = event_table(cluster.events(), slot=slow.slot, generation=slow.generation)
+t[t.kind.isin(["registered", "forked", "woke", "reached_main", "exited"])]
+
+# %% [markdown]
+# The kernel woke (`woke`, status `started`) about half a second *before* the worker
+# reached its code (`reached_main`). Anything that needs "my worker is running my code"
+# needs the worker to say so itself — in PostgreSQL, a parallel worker attaches to its
+# leader's message queue and sets the leader's latch. Notebook 03 shows a worker that
+# `STARTED` and died before its first line.
+
+# %% [markdown]
+# ## 3. Generations: a handle outlives its worker, safely
+
+# %%
+old = h                                          # the sleeper from section 1: gone
+a = backend.register_dynamic_worker(WorkerSpec(name="next-1", entry="bgwlab.examples:sleep_ms", main_arg=100))
+b = backend.register_dynamic_worker(WorkerSpec(name="next-2", entry="bgwlab.examples:sleep_ms", main_arg=100))
+for name, x in [("old", old), ("a", a), ("b", b)]:
+    print(f"{name:>3}: slot {x.slot}, generation {x.generation}")
+print("old handle now reads:", old.get_pid(), "| a reads:", a.wait_for_startup())
+
+# %%
+old.terminate()   # a stale handle: a no-op, it cannot touch the new occupant of its slot
+print("after old.terminate(): a =", a.get_pid()[0].name, "| b =", b.get_pid()[0].name)
+print(a.wait_for_shutdown().name, b.wait_for_shutdown().name)
+
+# %% [markdown]
+# The old handle names `(slot, old generation)`. The slot now holds another generation,
+# so the old handle reads `STOPPED` — it can never report another worker's pid, and
+# `terminate()` on it does nothing. Generations never go backwards, not even across a
+# crash-restart (notebook 06).
+
+# %% [markdown]
+# ## The figure: every slot's story
+
+# %%
+events = cluster.events()
+fig, ax = plt.subplots(figsize=(9, 3.2))
+plot_timeline(events, ax=ax);
+
+# %%
+cluster.stop()
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Call `h.wait_for_startup(timeout=0)` right after registering. What can it return that
+#    the call without a timeout never returns?
+#
+# <details><summary>Answer</summary>
+#
+# `NOT_YET_STARTED`: with a timeout that expires, the wait returns the current status.
+# Without a timeout it sleeps until the postmaster has tried, so it returns only
+# `STARTED`, `STOPPED` or `POSTMASTER_DIED`.
+# </details>
+#
+# 2. `get_pid()` returned `(STARTED, 4242)`. Is process 4242 running your entry point at
+#    this moment?
+#
+# <details><summary>Answer</summary>
+#
+# Not necessarily: it may still be between fork and your code (section 2), it may have
+# died before reaching it (notebook 03), or it may have exited a moment ago and the
+# postmaster has not reaped it yet. `STARTED` is a fact about the postmaster's last fork,
+# read from shared memory.
+# </details>
+#
+# 3. Why does the handle carry a generation at all — wouldn't the slot number do?
+#
+# <details><summary>Answer</summary>
+#
+# Slots are reused. Without the generation, a handle to a finished worker would read the
+# *next* worker's pid, and `terminate()` would kill a stranger. The generation makes each
+# (slot, generation) pair name exactly one registration, forever.
+# </details>
+#
+# 4. With `max_workers=2`, register three `sleep_forever` workers. What happens on the
+#    third, and what does the error message tell you to do?
+#
+# <details><summary>Answer</summary>
+#
+# `bgwlab.OutOfWorkerSlots`, before anything is written: all slots are in use. The message
+# suggests waiting for a worker to stop, terminating one, or a larger `max_workers`.
+# PostgreSQL's `RegisterDynamicBackgroundWorker` returns false in the same case, and
+# parallel query then quietly runs with fewer workers ("planned" vs "launched").
+# </details>

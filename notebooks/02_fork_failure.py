@@ -1,0 +1,171 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: -all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Fork failure
+#
+# > **The question.** The postmaster calls `fork()` for your worker and the kernel says
+# > no (`EAGAIN`: too many processes; `ENOMEM`). Does the registrant find out — and how
+# > long does it take?
+#
+# This is the case Haas's mail was about: "*if the worker isn't launched successfully
+# (fork fails, …) you have no way of knowing*". Until 2013 a registrant could only wait
+# for a sign of life and give up after a while. And even after handles and notification
+# existed, PostgreSQL had a bug here until 2015: a `BGW_NEVER_RESTART` worker whose fork
+# failed was never forgotten, so its waiter **was never woken and hung**. We reproduce
+# the fixed behaviour: the worker is forgotten and the waiter notified.
+#
+# In bgwlab the failure is injected *at the real call site*: the postmaster's fork path
+# raises a real `OSError(EAGAIN)` (labelled `injected` in the event log).
+#
+# **Predict first.**
+# 1. A `NEVER_RESTART` worker's fork fails. What does `wait_for_startup()` return, and
+#    after roughly how long?
+# 2. The same, but the worker may restart after 0.2 s and the fork fails only twice.
+#    What now?
+# 3. A registrant that instead waits for a sign-in with a timeout of T seconds: when does
+#    it report the failure?
+
+# %%
+import errno
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from bgwlab import Cluster, Fault, WorkerSpec, NEVER_RESTART
+from bgwlab.plots import plot_timeline
+from bgwlab.strategies import PRELOAD, Notify, Timeout
+from bgwlab.teaching import event_table, quick_mode
+
+QUICK = quick_mode()
+T = 0.5 if QUICK else 5.0          # the "wait 5 s and give up" timeout
+cluster = Cluster.start(max_workers=4, preload=PRELOAD)
+backend = cluster.connect()
+
+# %% [markdown]
+# ## 1. A `NEVER_RESTART` worker whose fork fails
+
+# %%
+doomed = backend.register_dynamic_worker(
+    WorkerSpec(name="doomed", entry="bgwlab.examples:sleep_ms", main_arg=100,
+               restart=NEVER_RESTART, fault=Fault.fork_failure(errno=errno.EAGAIN)))
+print("wait_for_startup ->", doomed.wait_for_startup())
+event_table(cluster.events(), slot=doomed.slot, generation=doomed.generation)
+
+# %% [markdown]
+# `fork_attempted` → `fork_failed` (errno 11, `EAGAIN`, injected) → `unregistered` (the
+# worker is forgotten) → `notified` (SIGUSR1 to us) → `woke` with `STOPPED`. Well under a
+# millisecond or two from registration to knowing.
+
+# %% [markdown]
+# ## 2. A restartable worker: the postmaster keeps trying
+#
+# For a worker with a restart interval, a fork failure is *not* the end: the postmaster
+# retries after the interval, and — as in PostgreSQL — does **not** signal the registrant
+# about the failed attempt (nothing final happened). The handle reads `NOT_YET_STARTED`
+# meanwhile.
+
+# %%
+stubborn = backend.register_dynamic_worker(
+    WorkerSpec(name="stubborn", entry="bgwlab.examples:sleep_ms", main_arg=100,
+               restart=0.2, fault=Fault.fork_failure(errno=errno.EAGAIN, times=2)))
+print("wait_for_startup(timeout=0.1) ->", stubborn.wait_for_startup(timeout=0.1))
+print("wait_for_startup()            ->", stubborn.wait_for_startup())
+stubborn.wait_for_shutdown()
+t = event_table(cluster.events(), slot=stubborn.slot, generation=stubborn.generation)
+t[t.kind.isin(["registered", "fork_attempted", "fork_failed", "restart_scheduled", "forked", "woke"])]
+
+# %% [markdown]
+# ## 3. Notification against "wait T seconds and give up"
+#
+# Now the two designs side by side, on the same failure. Both use the *sign-in*
+# convention of `bgwlab.strategies`: the worker's first act in user code is to create a
+# sentinel file. `Notify` additionally holds a handle and is woken by the postmaster;
+# `Timeout(T)` only looks for the sentinel until `T` has passed.
+
+# %%
+rows = []
+for strategy in (Notify(), Timeout(T)):
+    for fault in (None, Fault.fork_failure()):
+        h, out = strategy.start(backend, cluster.directory, fault=fault)
+        rows.append((strategy.label, "fork fails" if fault else "no fault", out.verdict,
+                     round(out.time_to_verdict_ms, 2)))
+pd.DataFrame(rows, columns=["strategy", "case", "verdict", "time_to_verdict_ms"])
+
+# %% [markdown]
+# (The workers run 10 ms and exit by themselves. `Timeout` registers without `notify`, so it
+# could not even `wait_for_shutdown()`: nobody would wake it, as in PostgreSQL, where the
+# waits need `bgw_notify_pid`.)
+#
+# Both strategies are right, and equally fast, when the worker starts. When the fork fails,
+# `Notify` says `failed` within a millisecond or so, while `Timeout` can only say
+# `timed_out` — after exactly `T`. It cannot even tell a failure from a slow start.
+
+# %% [markdown]
+# ## The figure
+
+# %%
+fig, ax = plt.subplots(figsize=(9, 3.4))
+plot_timeline(cluster.events(), ax=ax, slots=[doomed.slot, stubborn.slot]);
+ax.set_title("fork failures: forgotten at once (NEVER_RESTART) or retried (restart=0.2 s)");
+
+# %%
+cluster.stop()
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. In section 2, why does `wait_for_startup(timeout=0.1)` return `NOT_YET_STARTED`
+#    rather than `STOPPED`?
+#
+# <details><summary>Answer</summary>
+#
+# The worker is restartable: after a failed fork the slot's pid stays -1 ("not started
+# yet") and a retry is scheduled. Nothing is final, so the postmaster does not notify and
+# the handle truthfully says "not yet".
+# </details>
+#
+# 2. What would happen to a waiter of a `NEVER_RESTART` worker if the postmaster, after a
+#    failed fork, forgot the worker but **did not** send the signal?
+#
+# <details><summary>Answer</summary>
+#
+# The waiter would sleep on its latch forever (or until some unrelated signal made it look
+# again): the PostgreSQL bug fixed in 2015. The slot would read `STOPPED` — but nobody
+# tells the waiter to look. A notification protocol must cover every path to a final
+# state, failure paths included.
+# </details>
+#
+# 3. As a non-root user you can make `fork()` fail for real: `RLIMIT_NPROC`. Which
+#    process's limit matters, and why would you label those failures differently?
+#
+# <details><summary>Answer</summary>
+#
+# The postmaster's (it is the process that forks; the limit counts processes of its user).
+# A genuine failure is not under the experimenter's control: it shows the mechanism works
+# outside the injection point, while injected failures make an experiment reproducible. The
+# event log says which is which (`injected: true/false`).
+# </details>
+#
+# 4. Pick `T` for the `Timeout` strategy so that a failed start is reported within 50 ms.
+#    What risk did you just take? (Notebooks 04 and 05 measure it.)
+#
+# <details><summary>Answer</summary>
+#
+# Any start slower than 50 ms — a busy machine, a stalled postmaster, a worker with heavy
+# initialisation — is reported as a failure although the worker runs: a *spurious
+# timeout*. Worse, the worker now runs with nobody waiting for it.
+# </details>

@@ -1,0 +1,184 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: -all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · Early crash: started, and dead before the first line
+#
+# > **The question.** The fork succeeds, so the registrant hears `STARTED` — and then the
+# > worker dies before it reaches your code. Who finds out, how fast, and what does the
+# > rest of the cluster pay for it?
+#
+# Haas's second failure case: "*the process crashes before it reaches your code*". It
+# happens for real when the worker cannot load its entry point (a typo, a missing
+# module), runs out of memory while initialising, or hits a bug in start-up code.
+#
+# How the postmaster reads a worker's death (PostgreSQL's rules, reproduced by bgwlab):
+#
+# | the worker… | exit status | the postmaster… |
+# |---|---|---|
+# | returned from its entry point | 0 | unregisters it, notifies |
+# | raised / could not load its entry point | 1 | notifies; restarts it after `restart` s unless `NEVER_RESTART` |
+# | any other exit code, or died by a signal | crash | **crash-restart**: stops *every* worker, reinitialises, forgets the `NEVER_RESTART` ones |
+#
+# **Predict first.**
+# 1. A worker exits with status 1 before main. What does `wait_for_startup()` return?
+# 2. A worker dies of `SIGSEGV` before main, while an innocent bystander worker is
+#    running. What happens to the bystander?
+
+# %%
+import signal
+import time
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from bgwlab import Cluster, Fault, WorkerSpec, NEVER_RESTART
+from bgwlab.plots import plot_timeline
+from bgwlab.strategies import PRELOAD, Notify
+from bgwlab.teaching import event_table, quick_mode
+
+QUICK = quick_mode()
+cluster = Cluster.start(max_workers=4, preload=PRELOAD)
+backend = cluster.connect()
+KINDS = ["registered", "forked", "woke", "early_crash", "exited", "crash_restart", "unregistered"]
+
+# %% [markdown]
+# ## 1. `exit(1)` before main: `STARTED`, then `STOPPED`
+
+# %%
+h = backend.register_dynamic_worker(
+    WorkerSpec(name="fragile", entry="bgwlab.examples:sleep_ms", main_arg=100,
+               fault=Fault.crash_before_main(exit_code=1)))
+print("wait_for_startup  ->", h.wait_for_startup())
+print("wait_for_shutdown ->", h.wait_for_shutdown())
+t = event_table(cluster.events(), slot=h.slot, generation=h.generation)
+t[t.kind.isin(KINDS)]
+
+# %% [markdown]
+# The handle said `STARTED` with a pid — truthfully: the fork worked. The worker never
+# reached main (`early_crash`, then `exited` with code 1). A registrant that stops at
+# `wait_for_startup()` believes it has a worker. One that keeps listening hears the exit
+# a few milliseconds later, because notification covers *every* exit.
+
+# %% [markdown]
+# ## 2. The same failure, genuinely: an entry point that does not exist
+
+# %%
+typo = backend.register_dynamic_worker(
+    WorkerSpec(name="typo", entry="bgwlab.exampels:sleep_ms", main_arg=100))
+print(typo.wait_for_startup(), typo.wait_for_shutdown())
+e = [e for e in cluster.events() if e.kind == "early_crash" and e.generation == typo.generation][0]
+print("injected:", e.detail["injected"], "|", e.detail["reason"], "|", e.detail["error"])
+
+# %% [markdown]
+# ## 3. Death by signal before main: the crash-restart cycle
+#
+# A worker killed by a signal may have left shared memory in any state, so the postmaster
+# assumes the worst: it stops **every** worker (SIGQUIT), waits for all of them,
+# reinitialises, forgets the `NEVER_RESTART` workers, and restarts the others at once. In
+# PostgreSQL every backend dies too; in bgwlab the registrants survive, are woken, and see
+# their workers' new state. Watch two bystanders:
+
+# %%
+calm = backend.register_dynamic_worker(
+    WorkerSpec(name="bystander-never", entry="bgwlab.examples:sleep_forever", restart=NEVER_RESTART))
+hardy = backend.register_dynamic_worker(
+    WorkerSpec(name="bystander-restart", entry="bgwlab.examples:sleep_forever", restart=1))
+print("before:", calm.wait_for_startup(), hardy.wait_for_startup())
+pid_before = hardy.get_pid()[1]
+
+segv = backend.register_dynamic_worker(
+    WorkerSpec(name="segv", entry="bgwlab.examples:sleep_ms", main_arg=100,
+               fault=Fault.crash_before_main(signal=signal.SIGSEGV)))
+print("segv:", segv.wait_for_startup(), segv.wait_for_shutdown())
+print("bystander-never  :", calm.wait_for_shutdown())
+print("bystander-restart, right after the crash:", hardy.get_pid())
+# No handle call waits for a *re*start (STOPPED returns at once), so look every 10 ms:
+deadline = time.monotonic() + 5
+while hardy.get_pid()[1] in (None, pid_before) and time.monotonic() < deadline:
+    time.sleep(0.01)
+status, pid_after = hardy.get_pid()
+print(f"bystander-restart, a moment later: {status.name}, pid {pid_before} -> {pid_after}, "
+      f"same generation {hardy.generation}")
+
+# %%
+t = event_table(cluster.events(), since_ns=segv.registered_ns)
+t[t.kind.isin(KINDS + ["notified"]) & (t.t_ms >= 0)]
+
+# %% [markdown]
+# The restartable bystander read `STOPPED` (or `NOT_YET_STARTED`) for a moment and then
+# `STARTED` again with a new pid, in the same generation: for a worker with a restart
+# interval, `STOPPED` means "not running now", not "gone for good" (more in notebook 06).
+# The `NEVER_RESTART` bystander was forgotten: its `STOPPED` is final.
+
+# %% [markdown]
+# ## 4. What the strategies conclude
+#
+# `Notify` (see notebook 05) waits for the worker's *sign-in*, not just for the fork. On an
+# early crash it reports `failed`, a few milliseconds after registration:
+
+# %%
+rows = []
+for label, fault in [("no fault", None), ("exit(1) before main", Fault.crash_before_main(exit_code=1))]:
+    h2, out = Notify().start(backend, cluster.directory, fault=fault)
+    h2.wait_for_shutdown()
+    rows.append((label, out.verdict, round(out.time_to_verdict_ms, 2), out.status))
+pd.DataFrame(rows, columns=["case", "verdict", "time_to_verdict_ms", "why"])
+
+# %% [markdown]
+# ## The figure
+
+# %%
+fig, ax = plt.subplots(figsize=(9, 3.6))
+plot_timeline(cluster.events(), ax=ax, slots=sorted({h.slot, calm.slot, hardy.slot, segv.slot}));
+ax.set_title("early crashes: exit 1 (left) and SIGSEGV with its crash-restart cycle");
+
+# %%
+hardy.terminate()
+cluster.stop()
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. In section 1, if you wrote a "wait 5 s for the sign-in" registrant, when would it
+#    report the failure? And a registrant that only calls `wait_for_startup()`?
+#
+# <details><summary>Answer</summary>
+#
+# The timeout registrant: after 5 s (and it cannot say *why*). The `wait_for_startup()`-only
+# registrant: never — it was told `STARTED` and believes the worker runs. Only the one that
+# keeps waiting on the handle (or for a sign-in, woken by the exit notification) learns the
+# truth in milliseconds.
+# </details>
+#
+# 2. Why does one crashing worker take the bystanders down, while an exit(1) does not?
+#
+# <details><summary>Answer</summary>
+#
+# Exit 1 is an orderly error: the worker cleaned up. A signal death (or an unexpected exit
+# code) means it may have died halfway through changing shared memory, so nothing in shared
+# memory can be trusted: PostgreSQL resets everything. That is also why generations must not
+# go backwards across the reset: old handles must stay unambiguous.
+# </details>
+#
+# 3. Restart the cluster with `Cluster.start(restart_after_crash=False)` and repeat section 3.
+#    What do you expect?
+#
+# <details><summary>Answer</summary>
+#
+# Like PostgreSQL's `restart_after_crash = off`: after the crash the postmaster does not
+# restart anything; it shuts down, and waiters learn `POSTMASTER_DIED` or `STOPPED`.
+# </details>

@@ -1,0 +1,188 @@
+"""Notification and waiting: latches lose no wakeup; postmaster death wakes every waiter."""
+
+import asyncio
+import os
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+
+from bgwlab import Cluster, Fault, HandleStatus, PostmasterDied, WorkerSpec
+from bgwlab.latch import EventfdLatch, PipeLatch, dispatcher
+
+from conftest import wait_until
+
+STARTED, STOPPED, NOT_YET, DIED = (HandleStatus.STARTED, HandleStatus.STOPPED,
+                                   HandleStatus.NOT_YET_STARTED, HandleStatus.POSTMASTER_DIED)
+NOOP = WorkerSpec(name="n", entry="bgwlab.examples:noop")
+
+
+@pytest.mark.parametrize("cls", [EventfdLatch, PipeLatch])
+def test_latch_set_before_wait_is_not_lost(cls):
+    with cls() as latch:
+        latch.reset()
+        latch.set()  # the "signal" lands between check and wait
+        t0 = time.monotonic()
+        assert latch.wait(5) == [latch.fileno()]
+        assert time.monotonic() - t0 < 1
+        latch.reset()
+        assert latch.wait(0) == [] and not latch.is_set()
+
+
+def test_sigusr1_from_another_thread_sets_every_registered_latch():
+    a, b = EventfdLatch(), EventfdLatch()
+    dispatcher.add(a), dispatcher.add(b)
+    try:
+        seen = dispatcher.signals_seen
+        t = threading.Thread(target=lambda: os.kill(os.getpid(), signal.SIGUSR1))
+        t.start(), t.join()
+        assert a.wait(5) and b.wait(5)
+        # the dispatcher thread (C handler -> wakeup fd), not only the main thread's handler
+        wait_until(lambda: dispatcher.signals_seen > seen, what="dispatcher thread to see SIGUSR1")
+    finally:
+        dispatcher.remove(a), dispatcher.remove(b)
+        a.close(), b.close()
+
+
+def test_wait_with_timeout_returns_current_status(cluster, backend):
+    h = backend.register_dynamic_worker(NOOP.replace(fault=Fault.slow_start(30, where="postmaster")))
+    t0 = time.monotonic()
+    assert h.wait_for_startup(timeout=0.2) == (NOT_YET, None)
+    assert 0.19 <= time.monotonic() - t0 < 5
+    assert h.wait_for_shutdown(timeout=0.05) is NOT_YET
+    h.terminate()
+    assert h.wait_for_startup() == (STOPPED, None)  # without a timeout: never NOT_YET_STARTED
+
+
+def test_async_twins(cluster, backend):
+    async def go():
+        h = backend.register_dynamic_worker(WorkerSpec(name="a", entry="bgwlab.examples:sleep_ms", main_arg=50))
+        s, pid = await h.wait_for_startup_async()
+        st = await h.wait_for_shutdown_async()
+        slow = backend.register_dynamic_worker(NOOP.replace(fault=Fault.slow_start(30, where="postmaster")))
+        timed = await slow.wait_for_startup_async(timeout=0.1)
+        slow.terminate()
+        return s, pid, st, timed, await slow.wait_for_shutdown_async()
+
+    s, pid, st, timed, st2 = asyncio.run(go())
+    assert s is STARTED and pid > 0 and st is STOPPED
+    assert timed == (NOT_YET, None) and st2 is STOPPED
+
+
+def test_no_lost_wakeups_when_registrant_threads_are_busy(cluster, backend):
+    """Hundreds of waits in a non-main thread while other threads burn the GIL."""
+    stop = threading.Event()
+
+    def burn():
+        x = 0
+        while not stop.is_set():
+            x += 1
+
+    burners = [threading.Thread(target=burn) for _ in range(3)]
+    results, errors = [], []
+
+    def waiter():
+        try:
+            for _ in range(150):
+                h = backend.register_dynamic_worker(NOOP)
+                s, _ = h.wait_for_startup(timeout=20)
+                results.append((s, h.wait_for_shutdown(timeout=20)))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    for t in burners:
+        t.start()
+    w = threading.Thread(target=waiter)
+    w.start()
+    w.join(120)
+    stop.set()
+    for t in burners:
+        t.join()
+    assert not errors and not w.is_alive()
+    assert len(results) == 150
+    # a lost wakeup would surface as a timed-out wait (NOT_YET_STARTED / STARTED)
+    assert all(s in (STARTED, STOPPED) and s2 is STOPPED for s, s2 in results)
+
+
+def test_concurrent_waiters_in_one_process_are_all_woken(cluster, backend):
+    handles = [backend.register_dynamic_worker(WorkerSpec(name=f"c{i}", entry="bgwlab.examples:sleep_forever"))
+               for i in range(6)]
+    started = {}
+    stopped = {}
+
+    def wait(h):
+        started[h] = h.wait_for_startup(timeout=30)[0]
+        stopped[h] = h.wait_for_shutdown(timeout=30)
+
+    ts = [threading.Thread(target=wait, args=(h,)) for h in handles]
+    for t in ts:
+        t.start()
+    wait_until(lambda: len(started) == len(handles), timeout=30, what="every startup wait to return")
+    for h in handles:
+        h.terminate()
+    for t in ts:
+        t.join(60)
+    assert not any(t.is_alive() for t in ts)
+    assert all(started[h] is STARTED and stopped[h] is STOPPED for h in handles)
+
+
+def test_postmaster_kill9_wakes_every_waiter_and_workers_exit():
+    c = Cluster.start(max_workers=4)
+    try:
+        b = c.connect()
+        sleepers = [b.register_dynamic_worker(WorkerSpec(name=f"s{i}", entry="bgwlab.examples:sleep_forever"))
+                    for i in range(2)]
+        pids = [h.wait_for_startup()[1] for h in sleepers]
+        never = b.register_dynamic_worker(NOOP.replace(fault=Fault.slow_start(60, where="postmaster")))
+        out = {}
+
+        def wait(key, fn):
+            out[key] = (fn(), time.monotonic())
+
+        threads = [threading.Thread(target=wait, args=(i, h.wait_for_shutdown)) for i, h in enumerate(sleepers)]
+        threads.append(threading.Thread(target=wait, args=("startup", never.wait_for_startup)))
+        for t in threads:
+            t.start()
+        wait_until(lambda: len(dispatcher._latches) >= 3, what="waiters to block")
+        t_kill = time.monotonic()
+        c.kill_postmaster(signal.SIGKILL)
+        for t in threads:
+            t.join(10)
+        assert out[0][0] is DIED and out[1][0] is DIED and out["startup"][0] == (DIED, None)
+        assert max(t for _, t in out.values()) - t_kill < 1.0
+        # get_pid never reports POSTMASTER_DIED (as in PostgreSQL)
+        assert never.get_pid()[0] is NOT_YET
+        with pytest.raises(PostmasterDied):
+            b.register_dynamic_worker(NOOP)
+
+        def gone(pid):
+            try:
+                return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return True
+        wait_until(lambda: all(gone(p) for p in pids), timeout=5, what="workers to exit after postmaster death")
+    finally:
+        c.stop()
+
+
+def test_detached_backend_is_never_signalled_again(cluster):
+    b1 = cluster.connect()
+    h = b1.register_dynamic_worker(WorkerSpec(name="d", entry="bgwlab.examples:sleep_ms", main_arg=300))
+    assert h.wait_for_startup()[0] is STARTED
+    t_detach = time.monotonic_ns()
+    b1.detach()
+    wait_until(lambda: any(e.kind == "unregistered" and e.slot == h.slot for e in cluster.events()),
+               what="worker exit")
+    ev = cluster.events()
+    # the postmaster logs every signal it sends: none after the detach, and it says why
+    forgotten = [e for e in ev if e.kind == "backend_detached" and e.source == "postmaster"]
+    signalled_after = [e for e in ev if e.kind == "notified" and e.t_ns > t_detach]
+    assert forgotten and not signalled_after
+
+
+def test_notify_false_means_no_signal(cluster, backend):
+    h = backend.register_dynamic_worker(NOOP.replace(notify=False))
+    wait_until(lambda: h.get_pid()[0] is STOPPED, what="worker to finish")
+    assert not [e for e in cluster.events() if e.kind == "notified" and e.slot == h.slot]
