@@ -112,30 +112,30 @@ def evaluate_targets(rows: list[dict]) -> list[dict]:
 
 # -- decomposition from the event log ---------------------------------------------------------------
 START_STAGES = (
-    ("t0", "registered", "registrant: lock, write slot, log"),
-    ("registered", "request_seen", "SIGUSR1 -> postmaster awake, scans slots"),
-    ("request_seen", "fork_attempted", "postmaster: validate, copy, pick due"),
+    ("t0", "registered", "registrant: validate, lock, write slot"),
+    ("registered", "request_seen", "registrant logs+signals; postmaster wakes"),
+    ("request_seen", "fork_attempted", "postmaster: check+copy spec, log, pick"),
     ("fork_attempted", "forked", "fork() in the postmaster"),
-    ("forked", "notified", "postmaster: publish pid, pidfd_send_signal"),
-    ("notified", "woke", "SIGUSR1 -> registrant awake (dispatcher, latch)"),
+    ("forked", "notified", "postmaster: publish pid, find backend"),
+    ("notified", "woke", "signal -> registrant awake, reads pid"),
     ("woke", "t1", "registrant: log 'woke', return"),
 )
-START_SIDE = (("forked", "reached_main", "worker: fork -> user code (in parallel)"),)
+START_SIDE = (("forked", "reached_main", "(worker: fork -> user code, in parallel)"),)
 DEATH_STAGES = (
-    ("t_last", "exited", "worker exit -> SIGCHLD -> postmaster reaped"),
-    ("exited", "unregistered", "postmaster: log exit, free slot, log"),
-    ("unregistered", "notified", "postmaster: pidfd_send_signal"),
-    ("notified", "woke", "SIGUSR1 -> registrant awake (dispatcher, latch)"),
+    ("t_last", "exited", "worker exits -> SIGCHLD -> postmaster reaps"),
+    ("exited", "unregistered", "postmaster: log 'exited', free the slot"),
+    ("unregistered", "notified", "postmaster: log, find backend"),
+    ("notified", "woke", "signal -> registrant awake, reads slot"),
     ("woke", "t3", "registrant: log 'woke', return"),
 )
 FAIL_STAGES = (
-    ("t0", "registered", "registrant: lock, write slot, log"),
-    ("registered", "request_seen", "SIGUSR1 -> postmaster awake, scans slots"),
-    ("request_seen", "fork_attempted", "postmaster: validate, copy, pick due"),
+    ("t0", "registered", "registrant: validate, lock, write slot"),
+    ("registered", "request_seen", "registrant logs+signals; postmaster wakes"),
+    ("request_seen", "fork_attempted", "postmaster: check+copy spec, log, pick"),
     ("fork_attempted", "fork_failed", "the (injected) failing fork call"),
-    ("fork_failed", "unregistered", "postmaster: log, free slot, log"),
-    ("unregistered", "notified", "postmaster: pidfd_send_signal"),
-    ("notified", "woke", "SIGUSR1 -> registrant awake (dispatcher, latch)"),
+    ("fork_failed", "unregistered", "postmaster: log, free the slot"),
+    ("unregistered", "notified", "postmaster: log, find backend"),
+    ("notified", "woke", "signal -> registrant awake, reads slot"),
     ("woke", "t1", "registrant: log 'woke', return"),
 )
 
@@ -236,10 +236,10 @@ def format_targets(targets: list[dict]) -> str:
 
 
 def format_decomposition(rows: list[dict]) -> str:
-    lines = [f"{'path':<6} {'stage':<50} {'n':>5} {'median us':>10} {'p99 us':>10} {'share':>6}",
+    lines = [f"{'path':<6} {'stage':<45} {'n':>5} {'median us':>10} {'p99 us':>10} {'share':>6}",
              "-" * 92]
     for r in rows:
         share = "-" if math.isnan(r["share"]) else f"{100 * r['share']:.0f}%"
-        lines.append(f"{r['path']:<6} {r['stage']:<50} {r['n']:>5} {_fmt(r['median_us'], 'us'):>10} "
+        lines.append(f"{r['path']:<6} {r['stage']:<45} {r['n']:>5} {_fmt(r['median_us'], 'us'):>10} "
                      f"{_fmt(r['p99_us'], 'us'):>10} {share:>6}")
     return "\n".join(lines)

@@ -7,7 +7,7 @@
 What one run does (everything interleaved: every round runs every trial in a shuffled
 order, so a disturbance on the shared machine hits all of them alike):
 
-* five clusters: ``max_workers`` 8 (the base, events logged), 8 with ``log_events=False``,
+* six clusters: ``max_workers`` 8 (the base, events logged), 8 with ``log_events=False``,
   64, 256 and 1,024 slots, and 1,024 slots with ~1,000 of them running sleepers;
 * measuring processes (``runner.py``): a lean registrant, a registrant holding a 200 MB
   heap of Python objects, three more registrants for the 4-registrant cycles, and two
@@ -21,7 +21,7 @@ order, so a disturbance on the shared machine hits all of them alike):
   issue's targets, and the cost of one event (``bench_events.py``).
 
 Output: a table of medians, p99 and ratios to each peer on stdout, and under ``--out``
-(default ``data/bench``): ``bench_<mode>.csv`` (summary), ``_samples.csv``,
+(default ``data/bench``): ``bench_<mode>.csv`` (summary), ``_samples.csv.gz``,
 ``_decomposition.csv``, ``_targets.csv``, ``.txt`` (the printed report) and
 ``.meta.json`` (machine, CPUs, Python, commit, date, load averages, plan).
 """
@@ -31,6 +31,8 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import gzip
+import io
 import json
 import math
 import os
@@ -61,7 +63,7 @@ class Plan:
     mode: str
     rounds: int
     base_reps: int  # timed trials per round on the base cluster and its main variants
-    variant_reps: int  # per round on each max_workers variant
+    variant_reps: int  # per round on each max_workers variant (= base_reps: equally warm)
     fail_reps: int
     fast_peer_reps: int  # raw fork, multiprocessing fork (lean and 200 MB)
     slow_peer_reps: int  # forkserver, spawn, Popen
@@ -75,9 +77,9 @@ class Plan:
         return f"mw1024_busy{self.busy_workers}"
 
 
-QUICK = Plan("quick", rounds=15, base_reps=3, variant_reps=1, fail_reps=2, fast_peer_reps=1,
+QUICK = Plan("quick", rounds=15, base_reps=2, variant_reps=2, fail_reps=2, fast_peer_reps=1,
              slow_peer_reps=1, cycles_every=5, cycles_s=0.2, busy_workers=100, event_n=5_000)
-FULL = Plan("full", rounds=300, base_reps=5, variant_reps=2, fail_reps=3, fast_peer_reps=2,
+FULL = Plan("full", rounds=300, base_reps=4, variant_reps=4, fail_reps=3, fast_peer_reps=2,
             slow_peer_reps=1, cycles_every=10, cycles_s=0.5, busy_workers=1000, event_n=50_000)
 
 
@@ -300,6 +302,23 @@ class Bench:
             ("mp_fork.rate.heap200", [("peers_heavy", {"op": "cycles", "name": "mp_fork"})]),
         ]
 
+    def fault_probe(self, n: int = 100) -> float:
+        """Minor page faults the base postmaster takes per timed start/exit cycle.
+
+        After every fork() the kernel write-protects the postmaster's memory, so each
+        page its Python code writes next (reference counts...) faults once per cycle.
+        """
+        pid = self.clusters["base"].postmaster_pid
+
+        def minflt() -> int:
+            with open(f"/proc/{pid}/stat") as f:
+                return int(f.read().rsplit(")", 1)[1].split()[7])
+
+        before = minflt()
+        for _ in range(n):
+            self.runners["lean"].call(op="timed", cluster="base")
+        return (minflt() - before) / n
+
     def run_cycles(self, rnd: int) -> None:
         blocks = self.cycle_blocks()
         self.rng.shuffle(blocks)
@@ -337,6 +356,7 @@ class Bench:
                 if rnd % p.cycles_every == 0:
                     self.run_cycles(rnd)
                 self.loads.append(os.getloadavg()[0])
+            self.meta["postmaster_minor_faults_per_cycle"] = self.fault_probe()
         finally:
             events = self.teardown()
         from bench_events import measure
@@ -348,6 +368,7 @@ class Bench:
         self.meta["loadavg_1min_during"] = {
             "min": min(self.loads, default=math.nan), "median": report.percentile(self.loads, 0.5),
             "max": max(self.loads, default=math.nan)}
+        self.meta["loadavg_1min_per_round"] = [round(x, 2) for x in self.loads]
         self.meta["duration_s"] = round(time.monotonic() - t_start, 1)
         self.meta["runner_pids"] = self.runner_pids
         summary = report.summarize(self.samples)
@@ -375,7 +396,9 @@ def render(result: dict) -> str:
             "x peer = median / peer's median of the same kind")
     return "\n\n".join([head, report.format_table(result["summary"]),
                         "Targets (issue 6)\n" + report.format_targets(result["targets"]),
-                        "Where the time goes (base cluster's event log, lean registrant)\n"
+                        "Where the time goes (base cluster's event log, lean registrant; "
+                        f"{m.get('postmaster_minor_faults_per_cycle', math.nan):.0f} minor page "
+                        "faults in the postmaster per start/exit cycle)\n"
                         + report.format_decomposition(result["decomposition"])])
 
 
@@ -395,7 +418,10 @@ def save(result: dict, out: Path, text: str) -> Path:
          ["target", "value", "limit", "unit", "met", "note"])
     _csv(Path(f"{stem}_decomposition.csv"), result["decomposition"],
          ["path", "stage", "from", "to", "n", "median_us", "p99_us", "share"])
-    with open(f"{stem}_samples.csv", "w", newline="") as f:
+    # Every sample, gzipped (deterministic: no name or time in the header).
+    with open(f"{stem}_samples.csv.gz", "wb") as raw, \
+            gzip.GzipFile(fileobj=raw, mode="wb", filename="", mtime=0) as gz, \
+            io.TextIOWrapper(gz, newline="") as f:
         w = csv.writer(f)
         w.writerow(["metric", "round", "value"])
         w.writerows((m, r, f"{v:.6g}") for m, r, v in result["samples"])
@@ -421,7 +447,7 @@ def main(argv=None) -> int:
     print(text)
     if not args.no_save:
         path = save(result, Path(args.out), text)
-        print(f"\nsaved {path} (+ _samples, _targets, _decomposition .csv, .txt, .meta.json)")
+        print(f"\nsaved {path} (+ _samples.csv.gz, _targets.csv, _decomposition.csv, .txt, .meta.json)")
     return 0
 
 

@@ -48,6 +48,8 @@ def read_pidfile(directory: Path) -> tuple[int, int]:
 class Backend:
     """This process, attached to one cluster.  Build with ``cluster.connect()`` or ``bgwlab.attach()``."""
 
+    _postmaster_gone = False  # set by detach(): was the postmaster already gone then?
+
     def __init__(self, directory, *, log_events: bool = True):
         self.directory = Path(directory)
         self._pid = os.getpid()
@@ -115,6 +117,10 @@ class Backend:
         except (OSError, ValueError, BgwError):
             pass
         self.index = -1
+        try:  # remembered for waits still pending in other threads (see _status_in_wait)
+            self._postmaster_gone = self._pm_fd < 0 or bool(wait_fds([self._pm_fd], 0))
+        except OSError:
+            self._postmaster_gone = True
         self._close_fds()
 
     close = detach
@@ -227,17 +233,23 @@ class Backend:
             seg.set_pid(slot, -1)
             seg.set_terminate(slot, 0)
             seg.set_in_use(slot, 1)
-        t = self.events.emit("registered", slot, generation, name=spec.name, entry=spec.entry,
+        t = time.monotonic_ns()
+        try:
+            self._signal_postmaster(shmem.PMSIGNAL_WORKER_CHANGE)
+        finally:  # log after signalling, with the time of registration: logging never delays the request
+            self.events.emit("registered", slot, generation, t_ns=t, name=spec.name, entry=spec.entry,
                              notify=spec.notify,
                              fault=spec.fault.describe() if spec.fault else None)
-        self._signal_postmaster(shmem.PMSIGNAL_WORKER_CHANGE)
-        return WorkerHandle(self, slot, generation, spec.name, t)
+        return WorkerHandle(self, slot, generation, spec.name, t, spec.notify)
 
-    def handle(self, slot: int, generation: int) -> WorkerHandle:
-        """A handle from its two numbers (e.g. passed from another process)."""
+    def handle(self, slot: int, generation: int, *, notify: bool = False) -> WorkerHandle:
+        """A handle from its two numbers (e.g. passed from another process).
+
+        Its notifications go to whoever registered it, so by default its waits poll.
+        """
         if not 0 <= slot < self.seg.max_workers:
             raise ValueError(f"slot must be in 0..{self.seg.max_workers - 1}")
-        return WorkerHandle(self, slot, generation, "", 0)
+        return WorkerHandle(self, slot, generation, "", 0, notify)
 
     # -- reading slots -------------------------------------------------------------------------
     def _slot_status(self, slot: int, generation: int) -> tuple[HandleStatus, int | None]:
@@ -261,14 +273,21 @@ class Backend:
 class WorkerHandle:
     """BackgroundWorkerHandle: (slot, generation).  Cheap to copy; holds no resources."""
 
-    __slots__ = ("backend", "slot", "generation", "name", "registered_ns")
+    __slots__ = ("backend", "slot", "generation", "name", "registered_ns", "notify")
 
-    def __init__(self, backend: Backend, slot: int, generation: int, name: str, registered_ns: int):
+    # A handle registered with notify=False gets no signal: its waits cannot sleep on the
+    # latch alone (PostgreSQL's would sleep until something else sets the latch).  They look
+    # again every UNNOTIFIED_POLL_S instead -- visibly slower, never stuck.
+    UNNOTIFIED_POLL_S = 0.01
+
+    def __init__(self, backend: Backend, slot: int, generation: int, name: str, registered_ns: int,
+                 notify: bool = True):
         self.backend = backend
         self.slot = slot
         self.generation = generation
         self.name = name
         self.registered_ns = registered_ns
+        self.notify = notify
 
     def __repr__(self):
         status, pid = self.get_pid()
@@ -313,13 +332,27 @@ class WorkerHandle:
     def wait_for_startup(self, timeout: float | None = None) -> tuple[HandleStatus, int | None]:
         """WaitForBackgroundWorkerStartup: (STARTED, pid), (STOPPED, None) or (POSTMASTER_DIED, None).
 
-        With a timeout that expires, returns the current status (possibly NOT_YET_STARTED).
+        Sleeps on the latch: no polling.  With a timeout that expires, returns the current
+        status (possibly NOT_YET_STARTED).  STARTED means forked, not "reached user code".
+        A handle registered with notify=False has no signal to wake it: it looks again
+        every 10 ms instead.
         """
         return self._wait(lambda s: s is not NOT_YET_STARTED, timeout, "startup")
 
     def wait_for_shutdown(self, timeout: float | None = None) -> HandleStatus:
         """WaitForBackgroundWorkerShutdown: STOPPED or POSTMASTER_DIED (or the current status on timeout)."""
         return self._wait(lambda s: s is STOPPED, timeout, "shutdown")[0]
+
+    def _status_in_wait(self):
+        """get_pid() for a wait loop.  Cluster.stop() detaches its backends once the
+        postmaster is gone, also under waits still pending in other threads or tasks:
+        those end with POSTMASTER_DIED rather than an error about a closed mapping."""
+        try:
+            return self.get_pid()
+        except (BgwError, ValueError):
+            if self.backend._postmaster_gone:
+                return POSTMASTER_DIED, None
+            raise
 
     def _wait(self, done, timeout, what):
         b = self.backend
@@ -330,8 +363,8 @@ class WorkerHandle:
         try:
             while True:
                 latch.reset()  # reset, *then* check: a signal after this point leaves the latch set
-                status, pid = self.get_pid()
-                if done(status):
+                status, pid = self._status_in_wait()
+                if done(status) or status is POSTMASTER_DIED:
                     break
                 if pm_fd < 0 or wait_fds([pm_fd], 0):
                     status, pid = POSTMASTER_DIED, None
@@ -339,6 +372,8 @@ class WorkerHandle:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     break
+                if not self.notify:
+                    remaining = min(remaining or self.UNNOTIFIED_POLL_S, self.UNNOTIFIED_POLL_S)
                 latch.wait(remaining, also=(pm_fd,))
         finally:
             dispatcher.remove(latch)
@@ -372,8 +407,8 @@ class WorkerHandle:
         try:
             while True:
                 latch.reset()
-                status, pid = self.get_pid()
-                if done(status):
+                status, pid = self._status_in_wait()
+                if done(status) or status is POSTMASTER_DIED:
                     break
                 if pm_fd < 0 or wait_fds([pm_fd], 0):
                     status, pid = POSTMASTER_DIED, None
@@ -381,6 +416,8 @@ class WorkerHandle:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     break
+                if not self.notify:
+                    remaining = min(remaining or self.UNNOTIFIED_POLL_S, self.UNNOTIFIED_POLL_S)
                 fut = loop.create_future()
 
                 def wake(fut=fut):

@@ -143,7 +143,7 @@ def draw_figures(df, out: Path, name: str, events=None) -> list[Path]:
         written.extend(plots.save_figure(fig, out / stem))
 
     if "method" in df.columns:  # death detection
-        save(plots.plot_death_detection(df), f"{name}_death_detection")
+        save(plots.plot_death_detection(df), "death_detection" if name == "death" else f"{name}_death_detection")
         return written
     if (df.strategy == "timeout").any() and df.timeout_s.nunique() > 1:
         save(plots.plot_headline(df), f"{name}_headline" if name != "headline" else "headline")

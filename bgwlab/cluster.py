@@ -7,6 +7,7 @@ postmaster has created the segment and is ready to serve.
 
 from __future__ import annotations
 
+import atexit
 import os
 import select
 import shutil
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import weakref
 from pathlib import Path
 
 from . import shmem
@@ -24,6 +26,28 @@ from .procinfo import start_ticks
 
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 _STATE_FILES = ("shmem", "postmaster.pid", "registration.lock")
+_live_clusters: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_clusters_at_exit() -> None:
+    """A script that ends with a cluster still running stops it cleanly.
+
+    SIGUSR1 is ignored first: the shutdown notifications must not kill a process that
+    is already exiting (Python restores the default action -- terminate -- late in
+    interpreter shutdown, and ``__del__`` would run after that).
+    """
+    if not _live_clusters:
+        return
+    try:
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    except ValueError:
+        pass  # not the main thread
+    for c in list(_live_clusters):
+        try:
+            c.stop(timeout=5)
+        except Exception:
+            pass
 
 
 def _prepare_directory(directory) -> tuple[Path, bool]:
@@ -116,7 +140,9 @@ class Cluster:
             if owns:
                 shutil.rmtree(d, ignore_errors=True)
             raise BgwError(f"the postmaster did not start; its log ends with:\n{tail}")
-        return cls(d, proc, owns, max_workers, max_backends)
+        cluster = cls(d, proc, owns, max_workers, max_backends)
+        _live_clusters.add(cluster)
+        return cluster
 
     # -- joining ------------------------------------------------------------------------------
     def connect(self, *, log_events: bool = True) -> Backend:
@@ -183,6 +209,7 @@ class Cluster:
         if self._stopped:
             return
         self._stopped = True
+        _live_clusters.discard(self)
         proc = self._proc
         if proc.poll() is None:
             try:

@@ -62,6 +62,7 @@ HEADLINE_TIMEOUTS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 """T grid: from below the busy start latency (tens of ms) to well above it."""
 
 QUICK_TIMEOUTS = (0.01, 0.05, 0.2)
+QUICK_TRIALS = 2  # at most this many trials per cell in quick mode
 SETTLE_S = 10.0  # how long the runner watches a worker after the verdict before terminating it
 
 COLUMNS = ["order", "strategy", "label", "scenario", "load", "timeout_s", "poll_s", "trial",
@@ -200,7 +201,6 @@ class TrialRunner:
         self.run_ms = run_ms
         self.events: list[Event] = []
         self._cluster_ids = first_cluster_id  # the next id to hand out
-        self._borrowed = cluster
         self._cluster = None
         self._cid = -1
         if cluster is not None:
@@ -447,11 +447,15 @@ def run_grid(scenarios, strategies, timeouts, loads, trials, *, progress=True, s
     own (``busy``) runs under that load only.  Trials are grouped by load (the load is
     switched on once per block, on a fresh cluster) and shuffled within each block with
     ``random.Random(seed)``.  If ``events`` is a list, every raw event is appended to it
-    (for ``save_results(..., events=...)`` and the timeline figures).
+    (for ``save_results(..., events=...)`` and the timeline figures).  In quick mode
+    (``BGWLAB_QUICK=1``) at most ``QUICK_TRIALS`` trials per cell are run.
     """
     import pandas as pd
     from tqdm.auto import tqdm
 
+    quick = quick_mode()
+    if quick:
+        trials = min(trials, QUICK_TRIALS)
     t_start = time.monotonic()
     meta = run_metadata()
     scs = [get_scenario(s) for s in scenarios]
@@ -483,7 +487,7 @@ def run_grid(scenarios, strategies, timeouts, loads, trials, *, progress=True, s
     meta.update({
         "experiment": {"scenarios": [s.name for s in scs], "strategies": [s.label for s in sts],
                        "timeouts_s": list(timeouts or []), "loads": load_names, "trials": trials,
-                       "seed": seed, "poll_s": poll_s, "run_ms": run_ms},
+                       "seed": seed, "poll_s": poll_s, "run_ms": run_ms, "quick": quick},
         "scenarios": {s.name: s.description for s in scs},
         "loads": {ln: get_load(ln).as_dict() for ln in blocks},
         "n_trials": len(df),
@@ -551,6 +555,10 @@ def _detect_death(method, handle, poll_s) -> None:
         except ProcessLookupError:
             return
         try:
+            # The pid is only ours while the postmaster has not reaped it: if the handle
+            # still says STARTED with that pid *after* opening, the fd is the worker's.
+            if handle.get_pid() != (STARTED, pid):
+                return
             wait_fds([fd], None)
         finally:
             os.close(fd)
@@ -569,8 +577,9 @@ def death_experiment(methods=DEATH_METHODS, trials: int | None = None, *, loads=
     ``sigusr1``: ``handle.wait_for_shutdown()`` woken by the postmaster's notification
     (which comes after the postmaster reaped the worker); ``pidfd``: ``poll()`` on a pidfd
     of the worker (readable the moment it exits; no postmaster involved); ``poll``:
-    ``handle.get_pid()`` every ``poll_s``.  The worker writes its CLOCK_MONOTONIC time just
-    before it exits; latency = detection - that stamp.  Columns: method, load, trial,
+    ``handle.get_pid()`` every ``poll_s``.  The worker runs ``run_ms`` plus a random 0 to
+    2 x ``poll_s`` (so its exit is not phase-locked to the polling), writes its
+    CLOCK_MONOTONIC time and exits; latency = detection - that stamp.  Columns: method, load, trial,
     poll_s, latency_ms, wait_cpu_ms, exit_code.
     """
     import pandas as pd
@@ -578,7 +587,9 @@ def death_experiment(methods=DEATH_METHODS, trials: int | None = None, *, loads=
 
     q = quick_mode(quick)
     if trials is None:
-        trials = 3 if q else 20
+        trials = 20
+    if q:
+        trials = min(trials, QUICK_TRIALS + 1)
     t_start = time.monotonic()
     meta = run_metadata()
     rng = random.Random(seed)
@@ -594,8 +605,12 @@ def death_experiment(methods=DEATH_METHODS, trials: int | None = None, *, loads=
                 b, sentinels = runner._backend, runner._sentinels
                 with ld.hogs_cm(), ld.stalls_cm(c):
                     for m, k in cells:
+                        if ld.think_s:
+                            time.sleep(rng.uniform(0, ld.think_s))
                         st = Notify() if m == "sigusr1" else PollPid(0.001)
-                        spec = st.make_spec(sentinels, name=f"death-{m}", run_ms=run_ms)
+                        # A random run time, so the exit falls at a random phase of the poll period.
+                        ms = run_ms + rng.randrange(0, max(1, int(2 * poll_s * 1000)))
+                        spec = st.make_spec(sentinels, name=f"death-{m}", run_ms=ms)
                         handle = b.register_dynamic_worker(spec)
                         out = st.wait(b, handle, spec)
                         if out.verdict != "started":

@@ -12,6 +12,11 @@ fixed metadata, so the same figure gives the same bytes on every run.
 ``plot_latency_cdf(df)``     start latency (registration -> user code) CDFs, idle vs busy
 ``plot_decomposition(ev)``   where the notification latency goes: request seen, fork,
                              notify, wake
+``plot_verdict_matrix(df)``  scenario x strategy: verdicts that match the truth
+``plot_death_detection(df)`` worker exit -> registrant knows: SIGUSR1 vs pidfd vs polling
+
+New figures are ``LabFigure``s: plain matplotlib Figures that also render themselves in
+Jupyter without ``%matplotlib inline`` (``_repr_png_``).
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 __all__ = ["plot_headline", "plot_timeline", "plot_latency_cdf", "plot_decomposition",
-           "plot_death_detection", "plot_verdict_matrix", "save_figure", "split_events_by_load", "wilson_interval",
-           "DECOMPOSITION_STAGES", "COLORS", "LabFigure"]
+           "plot_death_detection", "plot_verdict_matrix", "save_figure", "split_events_by_load",
+           "wilson_interval", "DECOMPOSITION_STAGES", "COLORS", "LabFigure"]
 
 COLORS = {
     "notify": "#1b7837", "poll_pid": "#762a83", "timeout": "#d95f02",
@@ -53,6 +58,12 @@ def _new_figure(ncols: int = 1, figsize=(6.4, 4.2)):
     fig = LabFigure(figsize=figsize, layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     return fig, list(axes)
+
+
+def _legend(ax, **kw) -> None:
+    """A legend, if anything was labelled (an empty selection draws an empty panel, quietly)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
 
 
 def _style(ax) -> None:
@@ -117,24 +128,30 @@ def _headline_time(df, ax) -> None:
         ax.plot(x, med.values, "o-", color=_color("timeout"), label="timeout(T): reports at T",
                 gid="timeout-failed")
         ax.plot(x, x, ":", color="#888888", linewidth=1, label="y = T", gid="diagonal")
-    for name, style in (("notify", "-"), ("poll_pid", "--")):
-        s = failed[failed.strategy == name].time_to_verdict_ms
-        if len(s):
-            m = float(s.median())
-            ax.axhline(m, linestyle=style, color=_color(name), linewidth=2 if name == "notify" else 1.4,
-                       label=f"{name}: {_fmt_ms(m)} (median)", gid=f"{name}-failed")
-            if name == "notify":
-                ax.axhspan(float(s.quantile(0.1)), float(s.quantile(0.9)), color=_color(name),
-                           alpha=0.12, linewidth=0)
+    notify = failed[failed.strategy == "notify"]
+    if len(notify):  # one line per failure scenario: their times differ by an order of magnitude
+        ax.axhspan(float(notify.time_to_verdict_ms.quantile(0.1)),
+                   float(notify.time_to_verdict_ms.quantile(0.9)), color=_color("notify"), alpha=0.12,
+                   linewidth=0)
+        for i, (sc, g) in enumerate(notify.groupby("scenario", sort=True)):
+            m = float(g.time_to_verdict_ms.median())
+            ax.axhline(m, linestyle=["-", (0, (6, 2)), (0, (1, 1)), (0, (3, 1, 1, 1))][i % 4],
+                       color=_color("notify"), linewidth=2,
+                       label=f"notify, {sc}: {_fmt_ms(m)}", gid=f"notify-failed:{sc}")
+    poll = failed[failed.strategy == "poll_pid"].time_to_verdict_ms
+    if len(poll):
+        m = float(poll.median())
+        ax.axhline(m, linestyle="--", color=_color("poll_pid"), linewidth=1.4,
+                   label=f"poll_pid: {_fmt_ms(m)}", gid="poll_pid-failed")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("timeout T (ms)")
     ax.set_ylabel("time to report a failed start (ms)")
     n = len(failed)
-    ax.set_title(f"A failed start is reported at T, not when it fails\n({n} failed starts: "
-                 f"{', '.join(sorted(failed.scenario.unique()))})", fontsize=10)
+    ax.set_title(f"A failed start is reported at T, not when it fails\n({n} failed starts; "
+                 "lines: medians, bands: p10-p90)", fontsize=10)
     _style(ax)
-    ax.legend(fontsize=8, loc="upper left", frameon=False)
+    _legend(ax, fontsize=8, loc="upper left", frameon=False)
 
 
 def _headline_rate(df, ax, twin: bool = False) -> None:
@@ -177,7 +194,7 @@ def _headline_rate(df, ax, twin: bool = False) -> None:
         ax.set_title("...and gives up on workers that do start, on a busy machine\n"
                      "(band: 95% Wilson interval)", fontsize=10)
         _style(ax)
-    ax.legend(fontsize=8, loc="upper right", frameon=False)
+    _legend(ax, fontsize=8, loc="upper right", frameon=False)
 
 
 def _fmt_ms(v: float) -> str:
@@ -218,7 +235,7 @@ def plot_latency_cdf(df, ax=None, column: str = "start_latency_ms"):
     ax.set_ylabel("fraction of starts")
     ax.set_title("Start latency, idle vs busy", fontsize=10)
     _style(ax)
-    ax.legend(fontsize=8, loc="lower right", frameon=False)
+    _legend(ax, fontsize=8, loc="lower right", frameon=False)
     return fig
 
 
@@ -270,8 +287,10 @@ def plot_timeline(events, ax=None, slots=None, *, max_handles: int = 4, annotate
 
     ``slots``: None (the first ``max_handles`` handles in the events), slot numbers,
     ``(slot, generation)`` pairs or ``(cluster, slot, generation)`` triples (the
-    ``cluster`` column of the results; events carry it in ``detail["cluster"]``).  Times are ms since each handle's registration, so
-    handles from different trials line up.  The worker's lifetime (fork -> exit) is a bar.
+    ``cluster`` column of the results; events carry it in ``detail["cluster"]``).
+    Times are ms since each handle's registration, so handles from different trials
+    line up.  The worker's lifetime (fork -> exit) is a grey bar; a legend names the event
+    kinds, verdicts are labelled, and ``annotate=True`` writes every kind by its marker.
     """
     if ax is None:
         fig, (ax,) = _new_figure(1, figsize=(9, 1.2 + 1.1 * max_handles))
@@ -390,31 +409,36 @@ def plot_decomposition(events, ax=None):
     ax.set_title("Notification latency, stage by stage: registrant asks → registrant knows STARTED",
                  fontsize=10)
     _style(ax)
-    ax.legend(fontsize=8, ncols=5, loc="upper center", bbox_to_anchor=(0.5, -0.35), frameon=False)
+    _legend(ax, fontsize=8, ncols=5, loc="upper center", bbox_to_anchor=(0.5, -0.35), frameon=False)
     return fig
 
 
 # -- death detection ------------------------------------------------------------------------------------------
 def plot_death_detection(df, ax=None):
-    """Learning that a worker exited: latency (ms) per method, as a strip + median bar."""
+    """Learning that a worker exited: latency (ms) per method (and load), strip + median."""
+    rows = [m for m in ("sigusr1", "pidfd", "poll") if m in set(df.method)] + \
+        sorted(set(df.method) - {"sigusr1", "pidfd", "poll"})
+    loads = list(dict.fromkeys(df["load"])) if "load" in df.columns else [None]
+    cats = [(m, ld) for m in rows for ld in loads]
     if ax is None:
-        fig, (ax,) = _new_figure(1, figsize=(6.4, 3.6))
+        fig, (ax,) = _new_figure(1, figsize=(6.8, 1.4 + 0.55 * len(cats)))
     else:
         fig = ax.figure
-    methods = [m for m in ("sigusr1", "pidfd", "poll") if m in set(df.method)] + \
-        sorted(set(df.method) - {"sigusr1", "pidfd", "poll"})
     rng = np.random.default_rng(0)
-    for i, m in enumerate(methods):
-        v = df[df.method == m].latency_ms.dropna().to_numpy()
+    for i, (m, ld) in enumerate(cats):
+        sel = df[(df.method == m) & ((df["load"] == ld) if ld is not None else True)]
+        v = sel.latency_ms.dropna().to_numpy()
         if not len(v):
             continue
+        gid = f"death-{m}" if ld is None or len(loads) == 1 else f"death-{m}-{ld}"
         ax.plot(v, i + rng.uniform(-0.15, 0.15, len(v)), "o", color=_color(m, i), alpha=0.5,
-                markersize=4, linestyle="none", gid=f"death-{m}")
+                markersize=4, linestyle="none", gid=gid)
         med = float(np.median(v))
         ax.plot([med, med], [i - 0.3, i + 0.3], color="black", linewidth=2)
         ax.annotate(f"median {_fmt_ms(med)}", (med, i + 0.32), fontsize=8, ha="center")
-    ax.set_yticks(range(len(methods)))
-    ax.set_yticklabels(methods)
+    ax.set_yticks(range(len(cats)))
+    ax.set_yticklabels([m if ld is None or len(loads) == 1 else f"{m}, {ld}" for m, ld in cats])
+    ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel("worker exits → registrant knows (ms)")
     ax.set_title("Death detection: postmaster's SIGUSR1 vs pidfd vs polling", fontsize=10)
@@ -441,7 +465,8 @@ def plot_verdict_matrix(df, ax=None):
                 acc[i, j] = 100 * float(_bool(g.correct).mean())
                 ax.text(j, i, f"{acc[i, j]:.0f}%\n{_fmt_ms(float(g.time_to_verdict_ms.median()))}",
                         ha="center", va="center", fontsize=7)
-    ax.imshow(acc, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto", gid="verdict-matrix")
+    if acc.size:
+        ax.imshow(acc, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto", gid="verdict-matrix")
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(scenarios)))

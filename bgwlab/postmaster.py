@@ -76,6 +76,8 @@ class Postmaster:
         self.starter = (int(cfg.get("starter_pid", "0")), int(cfg.get("starter_start", "0")))
         self.preload = cfg.get("preload", [])
         self.workers = {}  # slot -> RegisteredWorker
+        self.owned = bytearray(self.max_workers)  # 1 where self.workers has the slot
+        self.slot_bits = int.from_bytes(b"\x01" * self.max_workers, "little")
         self.by_pid = {}  # running child pid -> RegisteredWorker
         self.pending = {}  # slot -> RegisteredWorker that wants a fork
         self.suspect = {}  # slot -> first time its content failed validation
@@ -86,6 +88,7 @@ class Postmaster:
         self.crash_restarts = 0
         self.deadline = None  # SIGKILL survivors after this (crash recovery / shutdown)
         self.stop_reason = ""
+        self.usr1 = False  # SIGUSR1 seen on this wake
 
     # -- setup -----------------------------------------------------------------------------
     def setup(self) -> None:
@@ -151,6 +154,7 @@ class Postmaster:
             except InterruptedError:
                 ready = []
             sigs = self.drain_wakeups()
+            self.usr1 = signal.SIGUSR1 in sigs  # rescan even if a scribbler cleared the PMSignal flag
             for fd, _ in ready:
                 if fd == self.starter_fd and self.state != shmem.PM_SHUTDOWN:
                     self.begin_shutdown("the process that started the cluster exited")
@@ -327,19 +331,28 @@ class Postmaster:
         flags = self.seg.take_pmsignals()
         if flags[shmem.PMSIGNAL_BACKEND_CHANGE]:
             self.check_backends()
-        if not (flags[shmem.PMSIGNAL_WORKER_CHANGE] or self.suspect):
+        if not (flags[shmem.PMSIGNAL_WORKER_CHANGE] or self.suspect or self.usr1):
             return
         now = time.monotonic_ns()
         in_use = self.seg.in_use_array()
-        i = in_use.find(1)
-        while i != -1:
-            if i not in self.workers:
-                self.accept_registration(i, now)
-            i = in_use.find(1, i + 1)
-        for slot in self.workers:
-            if not in_use[slot]:  # someone scribbled our ownership token: take it back
-                self.seg.set_in_use(slot, 1)
-                self.events.emit("slot_rejected", slot, reason="in_use cleared by another process; restored")
+        for slot in [s for s in self.suspect if in_use[s] != 1]:
+            del self.suspect[slot]  # withdrawn before we judged it: nothing left to recheck
+        if in_use.translate(None, b"\x00\x01"):  # a byte no registrant writes: scribbled
+            for slot, v in enumerate(in_use):
+                if v > 1 and slot in self.workers:
+                    self.restore_slot(self.workers[slot], v)
+                elif v > 1:  # nobody would ever claim it: free it
+                    self.seg.set_in_use(slot, 0)
+                    self.events.emit("slot_rejected", slot, reason=f"in_use byte {v} is not 0 or 1; freed")
+            in_use = self.seg.in_use_array()
+        # Which slots changed hands, in O(max_workers) C work rather than a Python loop
+        # over every slot in use: one bit per slot (bit 0 of each byte), ours vs. theirs.
+        claimed = int.from_bytes(in_use, "little") & self.slot_bits
+        ours = int.from_bytes(self.owned, "little")
+        for slot in _slots_of(claimed & ~ours):
+            self.accept_registration(slot, now)
+        for slot in _slots_of(ours & ~claimed):  # someone scribbled our ownership token: take it back
+            self.restore_slot(self.workers[slot], in_use[slot])
         term = self.seg.terminate_array()
         i = term.find(1)
         while i != -1:
@@ -361,6 +374,9 @@ class Postmaster:
             self.seg.set_pid(slot, 0)
             self.seg.set_in_use(slot, 0)
             self.events.emit("slot_rejected", slot, gen, reason=reason)
+            if not isinstance(spec, str):  # a valid spec under a stale generation counter:
+                self.seg.set_next_generation(max(self.seg.next_generation(), self.gen_hwm + 1))
+            self.wake_rejected(slot, gen, raw)
             return
         self.suspect.pop(slot, None)
         rw = RegisteredWorker(slot, gen, spec, raw, now)
@@ -368,6 +384,7 @@ class Postmaster:
         if gen > self.gen_hwm:
             self.gen_hwm = gen
         self.workers[slot] = rw
+        self.owned[slot] = 1
         self.seg.set_pid(slot, -1)
         if spec.notify_backend >= 0:
             target = (spec.notify_backend, spec.notify_pid, spec.notify_start)
@@ -381,6 +398,39 @@ class Postmaster:
             self.forget_and_notify(rw, "postmaster shutdown")
         else:
             self.pending[slot] = rw
+
+    def restore_slot(self, rw, token: int) -> None:
+        """Another process changed the in_use token of a slot we own: write our copy back.
+
+        A registrant may have taken the slot for free meanwhile and written its own
+        registration over ours; that one cannot be served, so its waiter is woken (it
+        then reads STOPPED: its generation is gone).
+        """
+        gen, raw = self.seg.generation(rw.slot), self.seg.spec_bytes(rw.slot)
+        self.seg.write_spec(rw.slot, rw.raw)
+        self.seg.set_generation(rw.slot, rw.generation)
+        self.seg.set_pid(rw.slot, rw.pid)
+        self.seg.set_in_use(rw.slot, 1)
+        self.events.emit("slot_rejected", rw.slot, rw.generation,
+                         reason=f"in_use of a live slot set to {token} by another process; restored")
+        if gen != rw.generation and not isinstance(shmem.decode_spec(raw, gen), str):
+            self.wake_rejected(rw.slot, gen, raw)
+
+    def wake_rejected(self, slot: int, gen: int, raw: bytes) -> None:
+        """Wake whoever waits on a rejected slot, if the bytes name a live attached backend.
+
+        The target is validated like any other (table entry, pid and start time), so a
+        scribbled one reaches nobody, and a real one gets at worst a spurious wakeup.
+        """
+        target = shmem.SLOT_SPEC.unpack_from(raw)[:3]
+        fd = self.backend_pidfd(*target)
+        if fd is None:
+            return
+        try:
+            signal.pidfd_send_signal(fd, signal.SIGUSR1)
+        except OSError:
+            return
+        self.events.emit("notified", slot, gen, target_pid=target[1], reason="rejected")
 
     def handle_terminate(self, rw) -> None:
         rw.terminate_seen = True
@@ -396,12 +446,18 @@ class Postmaster:
         """ForgetBackgroundWorker, then wake the registrant (so it can reuse the slot at once)."""
         if self.workers.get(rw.slot) is not rw:
             return
+        gen_there = self.seg.generation(rw.slot)  # ours, unless a registrant wrote over our slot
+        raw_there = self.seg.spec_bytes(rw.slot) if gen_there != rw.generation else None
         self.seg.set_pid(rw.slot, 0)  # pid before the token: a reader never sees a free slot with a pid
         self.seg.set_in_use(rw.slot, 0)
         del self.workers[rw.slot]
+        self.owned[rw.slot] = 0
         self.pending.pop(rw.slot, None)
         self.events.emit("unregistered", rw.slot, rw.generation, reason=reason)
         self.notify(rw, reason)
+        if raw_there is not None:  # (its in_use token had been scribbled): freed with ours, wake it
+            self.events.emit("slot_rejected", rw.slot, gen_there, reason="registered over a live slot")
+            self.wake_rejected(rw.slot, gen_there, raw_there)
 
     # -- starting workers ----------------------------------------------------------------------
     def start_due_workers(self) -> None:
@@ -451,10 +507,12 @@ class Postmaster:
                 self.events.emit("restart_scheduled", rw.slot, rw.generation, after_s=spec.restart_ms / 1000)
             return
         if pid == 0:
-            from .worker import child_main
+            try:
+                from .worker import child_main
 
-            child_main(self, rw)  # never returns
-            os._exit(1)
+                child_main(self, rw)  # never returns ...
+            finally:
+                os._exit(1)  # ... nor ever unwinds into the postmaster's loop in the child
         t_forked = time.monotonic_ns()
         rw.pid = pid
         self.seg.set_pid(rw.slot, pid)
@@ -554,6 +612,14 @@ class Postmaster:
 
 class InjectedOSError(OSError):
     """An OSError raised on purpose at the fork call site (a Fault.fork_failure)."""
+
+
+def _slots_of(bits: int):
+    """Slot numbers, ascending, of the set bits of a one-bit-per-byte mask."""
+    while bits:
+        low = bits & -bits
+        yield (low.bit_length() - 1) >> 3
+        bits ^= low
 
 
 def _noop_handler(signum, frame):

@@ -313,9 +313,18 @@ class Segment:
         self.mm[PMSIGNAL_OFF + reason] = 1
 
     def take_pmsignals(self) -> bytes:
-        """Postmaster only: read and clear every PMSignal flag."""
-        flags = self.mm[PMSIGNAL_OFF : PMSIGNAL_OFF + N_PMSIGNALS]
-        self.mm[PMSIGNAL_OFF : PMSIGNAL_OFF + N_PMSIGNALS] = bytes(N_PMSIGNALS)
+        """Postmaster only: read the PMSignal flags, and clear only those that were set.
+
+        As PostgreSQL's CheckPostmasterSignal.  Clearing the whole array after reading it
+        would erase a flag a registrant sets between our read and our write: its request
+        would then be lost (its signal finds no flag) and its wait_for_startup() would
+        never return.
+        """
+        mm = self.mm
+        flags = mm[PMSIGNAL_OFF : PMSIGNAL_OFF + N_PMSIGNALS]
+        for reason, was_set in enumerate(flags):
+            if was_set:
+                mm[PMSIGNAL_OFF + reason] = 0
         return flags
 
     # -- flag arrays ----------------------------------------------------------------------

@@ -299,6 +299,10 @@ class PollPid(Strategy):
     def __repr__(self):
         return f"PollPid(poll={self.poll_s:g})"
 
+    @property
+    def label(self) -> str:
+        return "poll_pid" if self.poll_s == DEFAULT_POLL_S else f"poll_pid({self.poll_s:g})"
+
     def _decide(self, backend, handle, sentinel, t0_ns):
         from .backend import STOPPED
 

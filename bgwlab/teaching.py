@@ -153,12 +153,14 @@ EXIT_MECHANISMS = ("pidfd", "polling 1 ms", "polling 10 ms")
 _PINGER = r"""
 import os, signal, sys, time
 parent = int(sys.argv[1])
-for line in sys.stdin:
-    time.sleep(float(line) / 1000)
+while True:
+    cmd = os.read(0, 64)
+    if not cmd:
+        break
+    time.sleep(float(cmd) / 1000)
     t = time.monotonic_ns()
-    os.kill(parent, signal.SIGUSR1)
-    sys.stdout.write(f"{t}\n")
-    sys.stdout.flush()
+    os.write(1, f"{t}\n".encode())   # the news, where the waiter will look for it...
+    os.kill(parent, signal.SIGUSR1)  # ...and the signal that says "look"
 """
 
 _EXITER = r"""
@@ -170,6 +172,10 @@ os._exit(0)
 """
 
 
+def _readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
+
+
 def _poll_until(predicate, interval: float, limit: float = 5.0) -> None:
     end = time.monotonic() + limit
     while not predicate() and time.monotonic() < end:
@@ -177,37 +183,43 @@ def _poll_until(predicate, interval: float, limit: float = 5.0) -> None:
 
 
 def _signal_trial(mechanism: str, pinger, delay_ms: float, d) -> tuple[float, float]:
+    """One wait for the pinger's news, the way real code waits: look, sleep, look again.
+
+    "Look" = is the pinger's reply readable (a stand-in for reading a slot in shared
+    memory); the sleep is the mechanism under test.  Spurious wakeups just loop.
+    """
     from .latch import EventfdLatch, PipeLatch
 
+    out = pinger.stdout.fileno()
+    end = time.monotonic() + 5.0
     if mechanism.startswith("polling"):
         interval = float(mechanism.split()[1]) / 1000
-        seen = d.signals_seen
         c0 = time.thread_time()
-        pinger.stdin.write(f"{delay_ms}\n")
-        pinger.stdin.flush()
-        _poll_until(lambda: d.signals_seen != seen, interval)
+        os.write(pinger.stdin.fileno(), f"{delay_ms}".encode())
+        _poll_until(lambda: _readable(out), interval)
     else:
         latch = EventfdLatch() if mechanism.startswith("eventfd") else PipeLatch()
         d.add(latch)
         try:
-            latch.reset()
             c0 = time.thread_time()
-            pinger.stdin.write(f"{delay_ms}\n")
-            pinger.stdin.flush()
-            latch.wait(5.0)
+            os.write(pinger.stdin.fileno(), f"{delay_ms}".encode())
+            latch.reset()                        # reset, then look, then sleep
+            while not _readable(out) and time.monotonic() < end:
+                latch.wait(max(0.0, end - time.monotonic()))
+                latch.reset()
         finally:
             d.remove(latch)
             latch.close()
     t1 = time.monotonic_ns()
     cpu = time.thread_time() - c0
-    t_sent = int(pinger.stdout.readline())
+    t_sent = int(os.read(out, 64))
     return (t1 - t_sent) / 1e3, cpu * 1e6
 
 
 def _exit_trial(mechanism: str, delay_ms: float) -> tuple[float, float]:
-    c0 = time.thread_time()
     proc = subprocess.Popen([sys.executable, "-S", "-c", _EXITER, str(delay_ms)],
                             stdout=subprocess.PIPE, text=True)
+    c0 = time.thread_time()  # after the spawn: only the waiting counts
     try:
         if mechanism == "pidfd":
             fd = os.pidfd_open(proc.pid)
@@ -235,7 +247,9 @@ def measure_wakeups(trials: int = 50, signal_mechanisms=SIGNAL_MECHANISMS,
     (b) another process's exit, for each mechanism; trials interleaved in random order.
 
     The other process records CLOCK_MONOTONIC just before it signals / exits, after a
-    random delay of 2-20 ms so that the waiter really sleeps.  Returns a DataFrame:
+    random delay of 2-20 ms so that the waiter really sleeps.  For signals it first writes
+    that time to a pipe, which is what the waiter looks at after every wakeup (spurious
+    wakeups, e.g. from an earlier signal, just make it look again).  Returns a DataFrame:
     event ("signal"/"exit"), mechanism, trial, latency_us, cpu_us (CPU time of the
     waiting thread over the whole wait, delay included).
     """
@@ -251,7 +265,7 @@ def measure_wakeups(trials: int = 50, signal_mechanisms=SIGNAL_MECHANISMS,
     rng.shuffle(plan)
     rows = []
     pinger = subprocess.Popen([sys.executable, "-S", "-c", _PINGER, str(os.getpid())],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
     try:
         for event, mech, i in tqdm(plan, desc="wakeups", disable=not progress):
             delay = rng.uniform(2, 20)
@@ -279,8 +293,9 @@ def plot_wakeups(df, ax=None):
         ax = fig.add_subplot()
     else:
         fig = ax.figure
+    order = {m: i for i, m in enumerate(SIGNAL_MECHANISMS + EXIT_MECHANISMS)}
     groups = [(ev, m) for ev in ("signal", "exit") for m in
-              df.loc[df.event == ev, "mechanism"].drop_duplicates()]
+              sorted(df.loc[df.event == ev, "mechanism"].unique(), key=lambda m: order.get(m, 99))]
     labels = []
     for y, (ev, m) in enumerate(groups):
         sub = df[(df.event == ev) & (df.mechanism == m)]
@@ -290,11 +305,12 @@ def plot_wakeups(df, ax=None):
         ax.scatter(lat, y + jitter, s=8, alpha=0.5, color=colour)
         med = float(np.median(lat))
         ax.plot([med, med], [y - 0.35, y + 0.35], color="black", lw=2)
-        ax.annotate(f"{med:,.0f} µs, CPU {sub.cpu_us.median():,.0f} µs", (med, y + 0.38),
-                    fontsize=7, ha="center", va="bottom")
+        ax.annotate(f"median {med:,.0f} µs\nCPU {sub.cpu_us.median():,.0f} µs/wait",
+                    (float(lat.max()) * 1.3, y), fontsize=7, ha="left", va="center")
         labels.append(f"{ev}: {m}")
     ax.set_yticks(range(len(groups)), labels)
     ax.set_xscale("log")
+    ax.set_xlim(right=float(df.latency_us.max()) * 8)
     ax.set_xlabel("time from the event to the waiter running (µs, log scale)")
     ax.set_ylim(-0.7, len(groups) - 0.1)
     ax.invert_yaxis()

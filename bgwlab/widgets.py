@@ -40,6 +40,7 @@ from .events import Event, parse_line
 __all__ = [
     "FAULTS", "ENTRIES", "EventTail", "WorkerRow", "ClusterController", "ExperimentController",
     "process_tree", "format_event", "render_timeline_png", "latest_handles", "LOAD_NAMES",
+    "on_draw_thread",
     "ClusterPanel", "LiveTimeline", "ExperimentPanel",
 ]
 
@@ -74,7 +75,7 @@ ENTRIES = {
 
 MISSING_ENTRY = "bgwlab.no_such_module:main"
 
-RESTARTS = {"never restart": -1, "restart after 1 s": 1, "restart at once": 0}
+RESTARTS = {"never restart": -1, "restart after 1 s": 1, "restart after 0.2 s": 0.2}
 
 LOAD_NAMES = ("idle", "hogs", "stalls", "busy")
 """The loads of ``bgwlab.experiments.run_grid`` offered by the experiment panel."""
@@ -114,10 +115,10 @@ class EventTail:
 
 
 def format_event(e: Event, t0_ns: int) -> str:
-    """One line for the event log: ``+12.345 ms  postmaster  forked  slot 0/1  worker_pid=42``."""
-    where = f"slot {e.slot}/{e.generation}" if e.slot >= 0 else ""
-    detail = " ".join(f"{k}={v}" for k, v in e.detail.items() if k != "traceback")
-    return f"{(e.t_ns - t0_ns) / 1e6:+10.3f} ms  {e.source:<10} {e.kind:<19} {where:<10} {detail}"
+    """One line for the event log: ``+12.345 ms postmaster forked 0/1 worker_pid=42``."""
+    where = f"{e.slot}/{e.generation}" if e.slot >= 0 else ""
+    detail = " ".join(f"{k}={v}" for k, v in e.detail.items() if k not in ("traceback", "entry"))
+    return f"{(e.t_ns - t0_ns) / 1e6:+9.1f} ms {e.source:<10} {e.kind:<17} {where:<5} {detail}"
 
 
 def process_tree(root_pid: int, labels: dict | None = None) -> list[tuple[int, int, str, str]]:
@@ -145,6 +146,19 @@ def process_tree(root_pid: int, labels: dict | None = None) -> list[tuple[int, i
     except psutil.NoSuchProcess:
         return []
     return rows
+
+
+def _install_dispatcher() -> None:
+    """Install bgwlab's SIGUSR1 dispatcher now, if this is the main thread.
+
+    A process's first ``connect()`` must run in its main thread (only it may set signal
+    handlers).  Controllers are built in a notebook cell -- the main thread -- while their
+    work later runs in other threads: installing here makes that work.
+    """
+    if threading.current_thread() is threading.main_thread():
+        from .latch import dispatcher
+
+        dispatcher.install()
 
 
 # -- the cluster panel's model -------------------------------------------------------------------
@@ -191,16 +205,7 @@ class ClusterController:
         self._waiters: list[threading.Thread] = []
         self._numbers = itertools.count(1)
         self._version = 0  # bumped on every visible change
-        self._install_dispatcher()
-
-    @staticmethod
-    def _install_dispatcher():
-        # connect() must first run in the main thread (signal handlers); a button callback
-        # normally does, but make sure whenever the controller is built there.
-        if threading.current_thread() is threading.main_thread():
-            from .latch import dispatcher
-
-            dispatcher.install()
+        _install_dispatcher()
 
     # -- lifecycle ------------------------------------------------------------------------------
     @property
@@ -392,14 +397,15 @@ class ClusterController:
             for e in self.events:
                 if e.kind == "forked" and "worker_pid" in e.detail:
                     n = names.get((e.slot, e.generation), "")
-                    labels[e.detail["worker_pid"]] = f"worker, slot {e.slot}/{e.generation} {n}".rstrip()
+                    labels[e.detail["worker_pid"]] = f"worker {n} (slot {e.slot}/{e.generation})".replace("  ", " ")
         if self.cluster is not None:
             labels[self.cluster.postmaster_pid] = "postmaster"
         return labels
 
-    def snapshot(self, max_events: int = 14) -> dict:
+    def snapshot(self, max_events: int = 12) -> dict:
         """Everything a view shows, as plain data."""
         with self._lock:
+            version = self._version  # read with the data: a later change bumps it past this
             rows = [dict(number=r.number, name=r.name, slot=r.slot, generation=r.generation,
                          entry=r.entry_label, fault=r.fault_label, status=r.status, pid=r.pid,
                          startup=r.startup, shutdown=r.shutdown) for r in self.rows]
@@ -410,7 +416,7 @@ class ClusterController:
         tree = []
         if self.cluster is not None and self.cluster.alive:
             tree = process_tree(self.cluster.postmaster_pid, self.pid_labels())
-        return dict(state=self.state(), message=message,
+        return dict(version=version, state=self.state(), message=message,
                     postmaster_pid=self.cluster.postmaster_pid if self.cluster else None,
                     workers=rows, tree=tree, log=log, n_events=n_events)
 
@@ -442,6 +448,7 @@ class ExperimentController:
         self.params: dict = {}
         self._thread: threading.Thread | None = None
         self._cancel = threading.Event()
+        _install_dispatcher()  # the runs connect from a background thread
 
     @property
     def running(self) -> bool:
@@ -506,14 +513,16 @@ class ExperimentController:
         self._cancel.set()
 
     def summary(self):
-        """Per scenario x strategy: trials, verdicts and median time to verdict (a DataFrame)."""
+        """Per scenario x strategy: trials, median time to verdict, wrong verdicts (a timed_out
+        failure counts as right), spurious timeouts, and the verdicts (a DataFrame)."""
         df = self.results
         if df is None or df.empty:
             return None
         g = df.groupby(["scenario", "strategy"])
         out = g.agg(trials=("trial", "size"),
                     median_ms=("time_to_verdict_ms", "median"),
-                    wrong=("verdict", lambda v: int((v != df.loc[v.index, "truth"]).sum())))
+                    wrong=("correct", lambda c: int((~c.astype(bool)).sum())),
+                    spurious=("spurious_timeout", lambda c: int(c.astype(bool).sum())))
         out["verdicts"] = g["verdict"].agg(lambda v: ", ".join(f"{k}:{n}" for k, n in v.value_counts().items()))
         return out.reset_index()
 
@@ -531,11 +540,37 @@ def latest_handles(events, n: int = 3, slots=None) -> list[tuple[int, int]]:
     return seen[-n:]
 
 
+_drawer = None
+_drawer_pid = None
+_drawer_lock = threading.Lock()
+
+
+def on_draw_thread(fn, *args, **kwargs):
+    """Run `fn` on this process's one drawing thread and return its result.
+
+    matplotlib is not thread-safe, and it caches open font files per thread: every
+    widget therefore draws on one long-lived thread, whichever thread asks.
+    """
+    global _drawer, _drawer_pid
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _drawer_lock:
+        if _drawer is None or _drawer_pid != os.getpid():
+            _drawer = ThreadPoolExecutor(1, thread_name_prefix="bgwlab-draw")
+            _drawer_pid = os.getpid()
+        drawer = _drawer
+    return drawer.submit(fn, *args, **kwargs).result()
+
+
 def render_timeline_png(events, slots=None, n_handles: int = 3, width_in: float = 9.0) -> bytes:
     """``bgwlab.plots.plot_timeline`` of the latest `n_handles` workers in `events`, as PNG bytes.
 
-    Thread-safe (a bare Figure, no pyplot), so a refresh thread can call it.
+    Callable from any thread (it draws on the drawing thread, on a bare Figure, no pyplot).
     """
+    return on_draw_thread(_render_timeline, events, slots, n_handles, width_in)
+
+
+def _render_timeline(events, slots, n_handles, width_in) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -569,7 +604,7 @@ def workers_html(rows: list[dict]) -> str:
     """The workers table of the cluster panel."""
     if not rows:
         return "<i>no workers registered yet: choose what to run and a fault, then “register worker”</i>"
-    head = "".join(f"<th style='text-align:left;padding:2px 8px'>{h}</th>" for h in
+    head = "".join(f"<th style='text-align:left;padding:2px 8px;white-space:nowrap'>{h}</th>" for h in
                    ("#", "name", "slot/gen", "runs", "fault", "status", "pid", "wait_for_startup()",
                     "wait_for_shutdown()"))
     body = []
@@ -578,8 +613,8 @@ def workers_html(rows: list[dict]) -> str:
         cells = [r["number"], r["name"], f"{r['slot']}/{r['generation']}", r["entry"], r["fault"],
                  f"<b style='color:{colour}' class='bgw-status'>{_esc(r['status'])}</b>",
                  r["pid"] or "", r["startup"] or "waiting…", r["shutdown"] or "waiting…"]
-        tds = "".join(f"<td style='padding:2px 8px'>{c if isinstance(c, str) and c.startswith('<b') else _esc(c)}</td>"
-                      for c in cells)
+        tds = "".join(f"<td style='padding:2px 8px;white-space:nowrap'>"
+                      f"{c if isinstance(c, str) and c.startswith('<b') else _esc(c)}</td>" for c in cells)
         body.append(f"<tr data-worker='{_esc(r['name'])}'>{tds}</tr>")
     return (f"<table class='bgw-workers' style='border-collapse:collapse;font-size:12px'>"
             f"<tr style='border-bottom:1px solid #999'>{head}</tr>{''.join(body)}</table>")
@@ -594,7 +629,8 @@ def tree_html(tree, postmaster_pid) -> str:
     for depth, pid, status, label in tree:
         prefix = "" if depth == 0 else "   " * (depth - 1) + "└─ "
         lines.append(f"{prefix}{pid:<7} {status:<9} {label}")
-    return "<pre style='margin:0;font-size:12px'>" + _esc("\n".join(lines)) + "</pre>"
+    return ("<pre style='margin:0;font-size:12px;white-space:pre;overflow-x:auto'>"
+            + _esc("\n".join(lines)) + "</pre>")
 
 
 # -- views ------------------------------------------------------------------------------------
@@ -653,7 +689,7 @@ class ClusterPanel:
                                        description="restart", layout=w.Layout(width="230px"))
         self.register_button = w.Button(description="register worker", icon="plus",
                                         button_style="primary", **btn)
-        self.worker_menu = w.Dropdown(options=[], description="worker", layout=w.Layout(width="180px"))
+        self.worker_menu = w.Dropdown(options=[], description="worker", layout=w.Layout(width="260px"))
         self.terminate_button = w.Button(description="terminate", icon="times", button_style="warning", **btn)
         self.kill_button = w.Button(description="kill -9 postmaster", icon="bolt", button_style="danger", **btn)
         self.message = w.HTML()
@@ -661,6 +697,7 @@ class ClusterPanel:
         self.tree = w.HTML()
         self.log = w.HTML()
         self.timeline = w.Image(format="png", layout=w.Layout(width="100%", max_width="820px"))
+        self.timeline_caption = w.HTML()
         self.start_button.on_click(lambda _: self.start_cluster())
         self.stop_button.on_click(lambda _: self.stop_cluster())
         self.register_button.on_click(lambda _: self.register())
@@ -673,14 +710,19 @@ class ClusterPanel:
             w.HBox([self.entry_menu, self.fault_menu, self.restart_menu, self.register_button]),
             w.HBox([self.worker_menu, self.terminate_button]),
             self.message,
-            w.HBox([w.VBox([w.HTML("<b>workers</b> (live <code>handle.get_pid()</code>)"), self.workers],
-                           layout=w.Layout(flex="3", **box)),
-                    w.VBox([w.HTML("<b>process tree</b> (psutil)"), self.tree],
-                           layout=w.Layout(flex="2", **box))]),
-            w.VBox([w.HTML("<b>event log</b> (newest last)"), self.log], layout=w.Layout(**box)),
-        ] + ([self.timeline] if timeline else []), layout=w.Layout(max_width="1100px"))
+            w.VBox([w.HTML("<b>workers</b> (status: live <code>handle.get_pid()</code>; "
+                           "the last two columns: what each worker's waiter thread was told)"),
+                    self.workers], layout=w.Layout(**box)),
+            w.HBox([w.VBox([w.HTML("<b>process tree</b> (psutil)"), self.tree],
+                           layout=w.Layout(flex="2", min_width="360px", **box)),
+                    w.VBox([w.HTML("<b>event log</b> (newest last)"), self.log],
+                           layout=w.Layout(flex="5", **box))]),
+        ] + ([w.VBox([w.HTML("<b>timeline</b> of the latest workers (redrawn as events arrive)"),
+                      self.timeline, self.timeline_caption], layout=w.Layout(**box))] if timeline else []),
+            layout=w.Layout(max_width="1100px"))
         self.widget.add_class("bgwlab-cluster-panel")
         self._rendered_version = -1
+        self._refresh_lock = threading.Lock()
         self.refresh(force=True)
         self._refresher = _Refresher(self.refresh, period) if auto_refresh else None
 
@@ -720,7 +762,11 @@ class ClusterPanel:
 
     # -- drawing ---------------------------------------------------------------------------------
     def refresh(self, force: bool = False) -> None:
-        """Pull new state from the controller and redraw what changed."""
+        """Pull new state from the controller and redraw what changed (from any thread)."""
+        with self._refresh_lock:
+            self._refresh(force)
+
+    def _refresh(self, force: bool) -> None:
         c = self.controller
         c.refresh()
         snap = c.snapshot()
@@ -731,11 +777,13 @@ class ClusterPanel:
                             f"<span class='bgw-state' style='color:{colour}'>[{_esc(state)}]</span>"
                             f"<small>{_esc(pm)}</small></h3>")
         self.tree.value = tree_html(snap["tree"], snap["postmaster_pid"])
-        if force or c.version != self._rendered_version:
-            self._rendered_version = c.version
+        if force or snap["version"] != self._rendered_version:
+            self._rendered_version = snap["version"]
             self.message.value = f"<span class='bgw-message'>{_esc(snap['message'])}</span>"
             self.workers.value = workers_html(snap["workers"])
-            self.log.value = ("<pre style='margin:0;font-size:11px;max-height:16em;overflow:auto'>"
+            self.log.value = (f"<small class='bgw-events' data-n='{snap['n_events']}'>"
+                              f"{snap['n_events']} events so far</small>"
+                              "<pre style='margin:0;font-size:11px;white-space:pre;overflow-x:auto'>"
                               + _esc("\n".join(snap["log"]) or "(no events yet)") + "</pre>")
             options = [(f"{r['name']} (slot {r['slot']}/{r['generation']})", r["number"])
                        for r in snap["workers"]]
@@ -758,12 +806,15 @@ class ClusterPanel:
         now = time.monotonic()
         if n_events == drawn or (not force and now - when < 1.0):
             return
-        self._timeline_drawn = (n_events, now)
-        events = [e for e in self.controller.events_snapshot() if e.slot >= 0]
+        everything = self.controller.events_snapshot()
+        self._timeline_drawn = (len(everything), now)
         try:
-            self.timeline.value = render_timeline_png(events)
+            self.timeline.value = render_timeline_png([e for e in everything if e.slot >= 0])
         except Exception as e:
             self.controller._say(f"timeline not drawn: {type(e).__name__}: {e}")
+            return
+        self.timeline_caption.value = (f"<small class='bgw-timeline-caption' data-n='{len(everything)}'>"
+                                       f"drawn from the first {len(everything)} events</small>")
 
     def close(self) -> None:
         """Stop the refresh thread and the cluster."""
@@ -899,6 +950,10 @@ class ExperimentPanel:
 
 
 def _headline_png(df) -> bytes:
+    return on_draw_thread(_render_headline, df)
+
+
+def _render_headline(df) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

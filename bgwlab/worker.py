@@ -162,8 +162,11 @@ def child_main(pm, rw) -> None:
         code = 1
     finally:
         try:
+            # On the way out: a late SIGTERM must not raise Terminated here, past every
+            # handler above (it would unwind the child into the postmaster's own code).
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             sys.stdout.flush()
             sys.stderr.flush()
-        except Exception:
+        except BaseException:
             pass
         os._exit(code & 0xFF)

@@ -50,10 +50,14 @@ backend = cluster.connect()
 
 # %% [markdown]
 # ## 1. Statuses, from the first microsecond
+#
+# The postmaster is quick: it often forks before our next line runs. To catch the worker
+# before its start, this one asks the postmaster to wait 0.1 s before forking.
 
 # %%
 h = backend.register_dynamic_worker(
-    WorkerSpec(name="sleeper", entry="bgwlab.examples:sleep_ms", main_arg=200))
+    WorkerSpec(name="sleeper", entry="bgwlab.examples:sleep_ms", main_arg=200,
+               fault=Fault.slow_start(0.1, where="postmaster")))
 print("right after register:", h.get_pid())
 print("wait_for_startup:    ", h.wait_for_startup())
 print("get_pid while it runs:", h.get_pid())
@@ -116,7 +120,7 @@ print(a.wait_for_shutdown().name, b.wait_for_shutdown().name)
 
 # %%
 events = cluster.events()
-fig, ax = plt.subplots(figsize=(9, 3.2))
+fig, ax = plt.subplots(figsize=(9, 5.5))
 plot_timeline(events, ax=ax);
 
 # %%

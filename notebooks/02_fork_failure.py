@@ -119,7 +119,8 @@ pd.DataFrame(rows, columns=["strategy", "case", "verdict", "time_to_verdict_ms"]
 
 # %%
 fig, ax = plt.subplots(figsize=(9, 3.4))
-plot_timeline(cluster.events(), ax=ax, slots=[doomed.slot, stubborn.slot]);
+plot_timeline(cluster.events(), ax=ax,
+              slots=[(doomed.slot, doomed.generation), (stubborn.slot, stubborn.generation)]);
 ax.set_title("fork failures: forgotten at once (NEVER_RESTART) or retried (restart=0.2 s)");
 
 # %%

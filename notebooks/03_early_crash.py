@@ -142,9 +142,9 @@ pd.DataFrame(rows, columns=["case", "verdict", "time_to_verdict_ms", "why"])
 # ## The figure
 
 # %%
-fig, ax = plt.subplots(figsize=(9, 3.6))
-plot_timeline(cluster.events(), ax=ax, slots=sorted({h.slot, calm.slot, hardy.slot, segv.slot}));
-ax.set_title("early crashes: exit 1 (left) and SIGSEGV with its crash-restart cycle");
+fig, ax = plt.subplots(figsize=(9, 5.5))
+plot_timeline(cluster.events(), ax=ax, slots=[(x.slot, x.generation) for x in (h, calm, hardy, segv)]);
+ax.set_title("early crashes: exit(1) before main; SIGSEGV before main and its crash-restart cycle");
 
 # %%
 hardy.terminate()

@@ -147,9 +147,13 @@ t[t.kind.isin(["exited", "crash_restart", "unregistered", "forked"]) & (t.t_ms >
 a.terminate()
 a.wait_for_shutdown()
 live.stop()
-fig, ax = plt.subplots(figsize=(10, 4))
-plot_timeline(cluster.events(), ax=ax);
-ax.set_title("restart after exit 1, exit 0, terminate before/after start, crash-restart");
+events = cluster.events()
+fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 9), gridspec_kw=dict(height_ratios=[2, 3]))
+plot_timeline(events, ax=ax1, slots=[(x.slot, x.generation) for x in (phoenix, late)])
+ax1.set_title("phoenix: exit 1, restarted every 0.3 s until terminated; late: terminated before its fork")
+plot_timeline(events, ax=ax2, slots=[(x.slot, x.generation) for x in (a, b, bomb)])
+ax2.set_title("the crash-restart cycle: bomb dies of SIGSEGV; keep-me comes back, forget-me does not")
+fig.tight_layout()
 
 # %%
 cluster.stop()

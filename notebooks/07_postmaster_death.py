@@ -111,12 +111,11 @@ except bgwlab.PostmasterDied as e:
 # %%
 labels = [f"worker {pid}" for pid in gone_ms] + ["startup waiter (backend)"]
 values = [ms if ms is not None else float("nan") for ms in gone_ms.values()] + [(t_startup - t_kill) / 1e6]
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.2), gridspec_kw=dict(width_ratios=[1, 2]))
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw=dict(width_ratios=[1, 2]))
 ax1.barh(labels, values, color=["C1"] * len(gone_ms) + ["C0"])
 ax1.set_xlabel("ms after kill -9")
 ax1.set_title("who noticed, and when")
-plot_timeline(cluster.events(), ax=ax2, slots=[never.slot] + [h.slot for h in sleepers]);
-ax2.axvline((t_kill - cluster.events()[0].t_ns) / 1e6, color="red", ls="--", lw=1)
+plot_timeline(cluster.events(), ax=ax2, slots=[(h.slot, h.generation) for h in sleepers + [never]]);
 fig.tight_layout()
 
 # %%

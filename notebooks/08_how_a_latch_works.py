@@ -75,9 +75,11 @@ race
 # %%
 fig, ax = plt.subplots(figsize=(8, 2.6))
 labels = [f"{r.waiter}, signal {r.signal}" for r in race.itertuples()]
-ax.barh(labels, race.woke_at_ms, color=["C3" if lost else "C2" for lost in race.lost])
+bars = ax.barh(labels, race.woke_at_ms, color=["C3" if lost else "C2" for lost in race.lost])
+ax.bar_label(bars, labels=[f"woke at {ms:.1f} ms" for ms in race.woke_at_ms], padding=3, fontsize=8)
 ax.scatter(race.signal_at_ms, labels, marker="v", color="black", zorder=3, label="signal sent")
 ax.set_xlabel("ms after the waiter started (red: slept until its 300 ms timeout)")
+ax.set_xlim(0, 380)
 ax.legend(loc="lower right")
 ax.invert_yaxis()
 fig.tight_layout()
@@ -111,7 +113,9 @@ print("signals seen by this kernel's dispatcher:", dispatcher.signals_seen)
 #   **polling** `waitid(WNOHANG)` every 1 / 10 ms.
 #
 # Each event comes 2–20 ms after the request, at random, so the waiter really sleeps; trials
-# of all mechanisms are interleaved so that drift hits them alike.
+# of all mechanisms are interleaved so that drift hits them alike. Every waiter runs the real
+# loop: *look* (is the other process's news in its pipe? — a stand-in for reading a slot),
+# *sleep* (the mechanism under test), look again. A spurious wakeup only costs one more look.
 
 # %%
 trials = 8 if QUICK else 200

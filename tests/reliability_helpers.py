@@ -9,7 +9,7 @@ Imported by ``tests/test_reliability_*.py``, and also run as a script for the he
     python tests/reliability_helpers.py one_worker DIR            # register, report, block
     python tests/reliability_helpers.py sigusr1_counter [attach DIR]
     python tests/reliability_helpers.py pid_reuse SCENARIO        # inside a new PID namespace
-    python tests/reliability_helpers.py foreign DIR PM_PID WORKER_PID   # as another user
+    python tests/reliability_helpers.py foreign DIR PM_PID WORKER_PID USER  # drops to USER
     python tests/reliability_helpers.py scale_registrant DIR N_ROUND_TRIPS N_FILL
 
 A helper process talks to its test over stdin/stdout: one JSON object per line, and
@@ -47,6 +47,7 @@ def make_spec(kind: str, name: str | None = None, notify: bool = True):
         "forever": dict(entry="bgwlab.examples:sleep_forever"),
         "exit0": dict(entry="bgwlab.examples:noop"),
         "sleep": dict(entry="bgwlab.examples:sleep_ms", main_arg=20),
+        "sleep5": dict(entry="bgwlab.examples:sleep_ms", main_arg=5),  # reliably seen STARTED
         "exit1": dict(entry="bgwlab.examples:fail"),
         "exit1_restart": dict(entry="bgwlab.examples:fail", restart=0.1),
         "crash": dict(entry="bgwlab.examples:exit_with", main_arg=3),
@@ -67,7 +68,7 @@ def make_spec(kind: str, name: str | None = None, notify: bool = True):
 
 
 # Kinds that end by themselves (no terminate needed) and never restart forever.
-SELF_ENDING = {"exit0", "sleep", "exit1", "crash", "crash_signal", "early_exit1", "fork_fail",
+SELF_ENDING = {"exit0", "sleep", "sleep5", "exit1", "crash", "crash_signal", "early_exit1", "fork_fail",
                "fork_fail_once", "slow_start", "pm_slow", "bad_entry"}
 CRASHES = {"crash", "crash_signal"}
 
@@ -181,20 +182,12 @@ def pids_alive(pids) -> list[int]:
     return alive
 
 
-def helper(*args, user: str | None = None, stderr=None, **kw) -> subprocess.Popen:
+def helper(*args, stderr=None, **kw) -> subprocess.Popen:
     """Start this file as a helper process (line-buffered JSON on stdout)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
-    extra = {}
-    if user is not None:
-        import grp
-        import pwd
-
-        pw = pwd.getpwnam(user)
-        extra = dict(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
-        env["HOME"] = "/"
     return subprocess.Popen([PY, str(HERE / "reliability_helpers.py"), *map(str, args)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
-                            text=True, env=env, **extra, **kw)
+                            text=True, env=env, **kw)
 
 
 def read_msg(proc: subprocess.Popen, timeout: float = 30.0) -> dict:
@@ -288,6 +281,27 @@ def forked_and_exited(events) -> tuple[set[int], set[int]]:
     return forked, exited
 
 
+# --- worker entry points (resolved in workers through the test process's sys.path) -------------
+class _TerminatedWhileFlushing:
+    """A stdout whose flush() is interrupted by SIGTERM (the terminate() of a registrant
+    that arrives just as the worker is exiting)."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def write(self, s):
+        return self.real.write(s)
+
+    def flush(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before the next bytecode
+        self.real.flush()
+
+
+def sigterm_while_exiting(arg: int = 0) -> None:
+    """Return normally (exit 0) -- but SIGTERM arrives while the worker flushes on its way out."""
+    sys.stdout = _TerminatedWhileFlushing(sys.stdout)
+
+
 # --- helper process bodies -----------------------------------------------------------------------
 def _say(**msg):
     sys.stdout.write(json.dumps(msg) + "\n")
@@ -300,7 +314,7 @@ SOAK_KINDS = ["exit0"] * 4 + ["sleep"] * 4 + ["exit1"] * 2 + ["early_exit1", "fo
 
 
 def registrant_main(directory: str, seconds: float, seed: int, max_outstanding: int = 3,
-                    crash_every: int = 0) -> None:
+                    crash_every: int = 0, self_ending_only: int = 0) -> None:
     """Hammer one cluster: register a few mixed workers, wait for each, terminate some.
 
     Reports its counters as a JSON line after every round (so a registrant killed -9
@@ -321,6 +335,8 @@ def registrant_main(directory: str, seconds: float, seed: int, max_outstanding: 
         handles = []
         for _ in range(rng.randint(1, max_outstanding)):
             kind = rng.choice(SOAK_KINDS)
+            if self_ending_only and kind not in SELF_ENDING:
+                kind = "sleep"
             if crash_every and rng.randrange(crash_every) == 0:
                 kind = "crash"
             try:
@@ -329,8 +345,9 @@ def registrant_main(directory: str, seconds: float, seed: int, max_outstanding: 
                 c["out_of_slots"] += 1
                 c["ops"] += 1
                 break
-            except PostmasterDied:
+            except PostmasterDied as e:
                 c["postmaster_died"] += 1
+                _say(pm_died_event={"where": "register", "error": str(e)})
                 deadline = 0
                 break
             c["registered"] += 1
@@ -348,6 +365,7 @@ def registrant_main(directory: str, seconds: float, seed: int, max_outstanding: 
                     c["wrong_pid"] += 1
             elif s is HandleStatus.POSTMASTER_DIED:
                 c["postmaster_died"] += 1
+                _say(pm_died_event={"where": "startup", "kind": kind})
             if kind not in SELF_ENDING or rng.random() < 0.3:
                 h.terminate()
                 c["terminated"] += 1
@@ -359,6 +377,7 @@ def registrant_main(directory: str, seconds: float, seed: int, max_outstanding: 
                 c["stopped"] += 1
             elif s is HandleStatus.POSTMASTER_DIED:
                 c["postmaster_died"] += 1
+                _say(pm_died_event={"where": "shutdown", "kind": kind})
             else:
                 c["lost_waits"] += 1
                 _say(lost={"wait": "shutdown", "kind": kind, "slot": h.slot, "generation": h.generation,
@@ -403,12 +422,21 @@ def lock_holder_main(directory: str, stage: str) -> None:
 
 
 def one_worker_main(directory: str, kind: str = "forever", wait: str = "1") -> None:
-    """Attach, register one worker (notify=True), wait for its start, report, block."""
+    """Attach, register one worker (notify=True), wait for its start, report, block.
+
+    wait ``0``: do not wait; ``1``: wait (bounded) before reporting; ``2``: report, then
+    wait with no timeout and report the answer."""
     import bgwlab
 
     b = bgwlab.attach(directory)
     h = b.register_dynamic_worker(make_spec(kind))
     info = {"pid": os.getpid(), "slot": h.slot, "generation": h.generation, "backend": b.index}
+    if wait == "2":  # report the registration first, then wait (no timeout) and report again
+        _say(**info)
+        s, pid = h.wait_for_startup()
+        _say(status=s.value, worker_pid=pid)
+        sys.stdin.readline()
+        return
     if wait == "1":
         s, pid = h.wait_for_startup(timeout=LOST_WAIT_S)
         info.update(status=s.value, worker_pid=pid)
@@ -444,9 +472,22 @@ def sigusr1_counter_main(mode: str = "plain", directory: str = "") -> None:
     _say(sigusr1=counted(), final=True)
 
 
-def foreign_main(directory: str, pm_pid: int, worker_pid: int) -> None:
-    """Run as another user: try to join, register and signal; report what happened."""
-    out = {"uid": os.getuid(), "euid": os.geteuid()}
+def foreign_main(directory: str, pm_pid: int, worker_pid: int, user: str) -> None:
+    """Become another user, then try to join, register and signal; report what happened.
+
+    Started as root, it imports what it needs first (the interpreter may live where
+    the other user cannot read), then drops privileges for good: groups, gid, uid.
+    """
+    import pwd
+
+    import bgwlab
+    from bgwlab import backend, cluster, errors, eventlog, latch, procinfo, shmem, spec  # noqa: F401
+
+    pw = pwd.getpwnam(user)
+    os.setgroups([])
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
+    out = {"uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "groups": os.getgroups()}
 
     def attempt(name, fn):
         try:
@@ -455,8 +496,6 @@ def foreign_main(directory: str, pm_pid: int, worker_pid: int) -> None:
         except BaseException as e:  # noqa: BLE001 -- we report every outcome
             out[name] = {"ok": False, "type": type(e).__name__, "message": str(e),
                          "errno": getattr(e, "errno", None)}
-
-    import bgwlab
 
     attempt("attach", lambda: bgwlab.attach(directory))
     attempt("backend", lambda: bgwlab.Backend(directory))
@@ -496,7 +535,7 @@ def scale_registrant_main(directory: str, round_trips: int, fill: int) -> None:
     sys.stdin.readline()  # go
     reg_ns, wait_ns, errors, full = [], [], 0, 0
     for _ in range(round_trips):
-        spec = make_spec("exit0")
+        spec = make_spec("sleep5")
         t0 = time.perf_counter_ns()
         try:
             h = b.register_dynamic_worker(spec)
@@ -506,8 +545,8 @@ def scale_registrant_main(directory: str, round_trips: int, fill: int) -> None:
         t1 = time.perf_counter_ns()
         s, pid = h.wait_for_startup(timeout=LOST_WAIT_S)
         t2 = time.perf_counter_ns()
-        if s is not HandleStatus.STARTED or not pid:
-            errors += 1
+        if s is HandleStatus.NOT_YET_STARTED or (s is HandleStatus.STARTED and not pid):
+            errors += 1  # (STOPPED is a fine answer: a 5 ms worker may be over already)
         if h.wait_for_shutdown(timeout=LOST_WAIT_S) is not HandleStatus.STOPPED:
             errors += 1
         reg_ns.append(t1 - t0)
@@ -625,7 +664,7 @@ if __name__ == "__main__":
     elif cmd == "sigusr1_counter":
         sigusr1_counter_main(*args)
     elif cmd == "foreign":
-        foreign_main(args[0], int(args[1]), int(args[2]))
+        foreign_main(args[0], int(args[1]), int(args[2]), args[3])
     elif cmd == "scale_registrant":
         scale_registrant_main(args[0], int(args[1]), int(args[2]))
     elif cmd == "pid_reuse":

@@ -26,7 +26,9 @@ def test_fork_failure_of_never_restart_worker_is_forgotten_and_notified(cluster,
     (failed,) = evs(cluster, h, "fork_failed")
     assert failed.detail["errno"] == err and failed.detail["injected"] is True
     assert evs(cluster, h, "forked") == []
-    assert [e.detail["reason"] for e in evs(cluster, h, "notified")] == ["fork failed"]
+    # the postmaster logs "notified" just after sending the signal: wait for the line
+    notified = wait_until(lambda: evs(cluster, h, "notified"), what="the notified event")
+    assert [e.detail["reason"] for e in notified] == ["fork failed"]
     assert cluster.alive
 
 

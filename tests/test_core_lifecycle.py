@@ -120,8 +120,9 @@ def test_terminate_before_start_removes_worker_and_notifies(cluster, backend):
     assert h.get_pid() == (NOT_YET, None)
     h.terminate()
     assert h.wait_for_startup(timeout=10) == (STOPPED, None)
-    k = kinds(cluster, h.slot, h.generation)
-    assert "forked" not in k and "unregistered" in k and "notified" in k
+    k = wait_until(lambda: (lambda k: k if "notified" in k else None)(kinds(cluster, h.slot, h.generation)),
+                   what="the notified event")  # logged just after the signal is sent
+    assert "forked" not in k and "unregistered" in k
 
 
 def test_stale_handle_reads_stopped_and_terminate_is_a_noop():
@@ -226,3 +227,18 @@ def test_postmaster_shuts_down_when_its_starter_exits(tmp_path):
     wait_until(lambda: gone(pm_pid) and gone(worker_pid), timeout=10, what="postmaster and worker exit")
     seg_state = [l for l in (tmp_path / "c" / "events.jsonl").read_text().splitlines() if "postmaster_stopping" in l]
     assert seg_state and "started the cluster exited" in seg_state[0]
+
+
+def test_script_that_exits_with_a_running_cluster_stops_it_cleanly(tmp_path):
+    code = textwrap.dedent(f"""
+        from bgwlab import Cluster, WorkerSpec
+        c = Cluster.start(max_workers=2, directory={str(tmp_path / 'c')!r})
+        b = c.connect()
+        h = b.register_dynamic_worker(WorkerSpec(name="w", entry="bgwlab.examples:sleep_forever"))
+        print(c.postmaster_pid, h.wait_for_startup()[1], flush=True)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, (out.returncode, out.stderr)  # not killed by a late SIGUSR1
+    pm_pid, worker_pid = map(int, out.stdout.split())
+    assert not psutil.pid_exists(pm_pid) and not psutil.pid_exists(worker_pid)
+    assert not (tmp_path / "c" / "shmem").exists()

@@ -118,7 +118,7 @@ def test_headline_draws_the_medians_and_rates(saved):
     to = _line(fig, "timeout-failed")
     np.testing.assert_allclose(to.get_xdata(), [10, 100])
     np.testing.assert_allclose(to.get_ydata(), [10.2, 100.2])
-    np.testing.assert_allclose(_line(fig, "notify-failed").get_ydata(), [0.4, 0.4])
+    np.testing.assert_allclose(_line(fig, "notify-failed:fork_failure").get_ydata(), [0.4, 0.4])
     np.testing.assert_allclose(_line(fig, "poll_pid-failed").get_ydata(), [11, 11])
     np.testing.assert_allclose(_line(fig, "spurious-busy").get_ydata(), [50, 0])
     np.testing.assert_allclose(_line(fig, "spurious-idle").get_ydata(), [0, 0])

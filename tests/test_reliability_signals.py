@@ -196,3 +196,20 @@ def test_a_signal_to_a_newborn_worker_never_reaches_the_postmaster(cluster, back
     kinds = [e.kind for e in cluster.events()]
     assert "postmaster_stopping" not in kinds
     assert kinds.count("exited") == rounds
+
+
+def test_a_terminate_that_lands_while_a_worker_exits_stays_in_the_worker(cluster, backend):
+    """SIGTERM raises an exception in a worker.  If it lands after user code, while the
+    worker is on its way out, it must not unwind the forked child back into the
+    postmaster's own code (where the child would mark the shared segment 'stopped' and
+    every registrant would be told that the cluster is shutting down)."""
+    from bgwlab import WorkerSpec
+
+    h = backend.register_dynamic_worker(WorkerSpec(name="late-term", entry="reliability_helpers:sigterm_while_exiting"))
+    assert h.wait_for_shutdown(timeout=LOST_WAIT_S).value == "stopped"
+    (ex,) = events_of(cluster.events(), h.slot, h.generation, "exited")
+    assert ex.detail["crash"] is False
+    assert cluster.state() == "running"
+    after = backend.register_dynamic_worker(make_spec("exit0"))  # not "the cluster is shutting down"
+    assert after.wait_for_shutdown(timeout=LOST_WAIT_S).value == "stopped"
+    assert not [e for e in cluster.events() if e.kind in ("postmaster_stopping", "postmaster_error")]

@@ -1,0 +1,151 @@
+"""Smoke test of the benchmark suite (benchmarks/run.py --quick).
+
+No timing is asserted here -- performance numbers belong to the benchmark's own output.
+The test checks that one quick run completes, cleans up after itself (the autouse
+no_leaks fixture sees every orphan, since pytest is a child subreaper), and produces the
+table and the files with the expected rows and columns and sane values.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+
+
+def _load_report():
+    """benchmarks/report.py under a private name (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("_bgwlab_bench_report", BENCH / "report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+report = _load_report()
+
+LATENCY_METRICS = [
+    "bgwlab.start", "bgwlab.running", "bgwlab.death", "bgwlab.fail",
+    "bgwlab.start.heap200", "bgwlab.death.heap200", "bgwlab.fail.heap200",
+    "bgwlab.start.log_off", "bgwlab.death.log_off", "bgwlab.fail.log_off",
+    "bgwlab.start.mw64", "bgwlab.start.mw256", "bgwlab.start.mw1024",
+    "raw_fork.start", "raw_fork.death", "raw_fork.start.heap200",
+    "mp_fork.start", "mp_fork.death", "mp_fork.start.heap200",
+    "mp_forkserver.start", "mp_spawn.start", "popen.start",
+    "mp_forkserver.death", "mp_spawn.death", "popen.death",
+]
+RATE_METRICS = ["bgwlab.rate", "bgwlab.rate.4_registrants", "bgwlab.rate.heap200",
+                "bgwlab.rate.4_registrants_heap200", "raw_fork.rate", "mp_fork.rate",
+                "mp_fork.rate.heap200"]
+EVENT_METRICS = ["eventlog.event.forked", "eventlog.event.registered", "eventlog.event.disabled"]
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "--quick", "--no-progress",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=150)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+@pytest.mark.slow
+def test_quick_run_prints_the_table_and_targets(quick_run):
+    _, stdout = quick_run
+    assert "median" in stdout and "p99" in stdout
+    for peer in report.PEERS:
+        assert f"x {peer}" in stdout
+    assert "Targets (issue 6)" in stdout and "Where the time goes" in stdout
+    assert "bgwlab.start " in stdout and "mp_fork.start " in stdout
+
+
+@pytest.mark.slow
+def test_summary_csv_has_every_metric_with_sane_values(quick_run):
+    out, _ = quick_run
+    rows = _rows(out / "bench_quick.csv")
+    assert list(rows[0]) == report.SUMMARY_COLUMNS
+    by = {r["metric"]: r for r in rows}
+    for m in LATENCY_METRICS + RATE_METRICS + EVENT_METRICS:
+        assert m in by, f"missing metric {m}"
+    busy = [m for m in by if m.startswith("bgwlab.start.mw1024_busy")]
+    assert len(busy) == 1
+    for m in LATENCY_METRICS + RATE_METRICS + EVENT_METRICS + busy:
+        r = by[m]
+        assert int(r["n"]) > 0
+        for col in ("median", "p99", "mean", "min", "max"):
+            v = float(r[col])
+            assert math.isfinite(v) and v > 0, (m, col, v)
+        assert float(r["min"]) <= float(r["median"]) <= float(r["p99"]) <= float(r["max"])
+        assert r["unit"] == report.UNITS[r["kind"]]
+    # Ratios to every peer exist for start / death rows, and are consistent with the medians.
+    for m in ("bgwlab.start", "bgwlab.death", "mp_fork.start"):
+        for p in report.PEERS:
+            x = float(by[m][f"x_{p}"])
+            kind = "death" if ".death" in m else "start"
+            expect = float(by[m]["median"]) / float(by[f"{p}.{kind}"]["median"])
+            assert math.isfinite(x) and x > 0 and math.isclose(x, expect, rel_tol=1e-3)
+    assert math.isclose(float(by["mp_fork.start"]["x_mp_fork"]), 1.0, rel_tol=1e-6)
+    assert math.isnan(float(by["bgwlab.fail"]["x_mp_fork"]))  # no peer for a failed start
+
+
+@pytest.mark.slow
+def test_samples_targets_decomposition_and_metadata(quick_run):
+    out, _ = quick_run
+    with gzip.open(out / "bench_quick_samples.csv.gz", "rt", newline="") as f:
+        samples = list(csv.DictReader(f))
+    assert {s["metric"] for s in samples} >= set(LATENCY_METRICS + RATE_METRICS)
+    assert all(math.isfinite(float(s["value"])) and float(s["value"]) > 0 for s in samples)
+
+    targets = _rows(out / "bench_quick_targets.csv")
+    names = [t["target"] for t in targets]
+    assert "start notification median" in names and "death notification median" in names
+    assert any(n.startswith("200 MB registrant") for n in names)
+    assert any(n.startswith("event logging") for n in names)
+    for t in targets:
+        assert t["met"] in ("True", "False") and math.isfinite(float(t["value"]))
+
+    dec = _rows(out / "bench_quick_decomposition.csv")
+    assert {d["path"] for d in dec} == {"start", "death", "fail"}
+    for d in dec:
+        assert int(d["n"]) > 0, d
+        assert math.isfinite(float(d["median_us"])) and float(d["median_us"]) >= 0
+    stages = [d["stage"] for d in dec if d["path"] == "start"]
+    assert "fork() in the postmaster" in stages and stages[-1] == "total"
+
+    meta = json.loads((out / "bench_quick.meta.json").read_text())
+    for key in ("date_utc", "cpu_count", "python", "commit", "loadavg_start", "loadavg_end",
+                "loadavg_1min_during", "plan", "heap", "shared_machine"):
+        assert key in meta, key
+    assert meta["plan"]["mode"] == "quick" and meta["cpu_count"] >= 1
+    assert meta["heap"]["heavy"]["rss_mb"] - meta["heap"]["heavy"]["rss_before_mb"] > 150
+    assert (out / "bench_quick.txt").read_text().startswith("bgwlab benchmark (quick)")
+
+
+def test_report_statistics_on_known_data():
+    assert report.percentile([1, 2, 3, 4], 0.5) == 2.5
+    assert report.percentile(list(range(101)), 0.99) == 99
+    rows = report.summarize({"bgwlab.start": [1.0, 1.0, 1.0], "mp_fork.start": [2.0, 2.0],
+                             "bgwlab.start.heap200": [1.5], "bgwlab.fail": [3.0]})
+    by = {r["metric"]: r for r in rows}
+    assert by["bgwlab.start"]["x_mp_fork"] == 0.5
+    assert by["bgwlab.start.heap200"]["vs_base"] == 1.5
+    assert math.isnan(by["bgwlab.start"]["x_popen"])  # no popen row
+    targets = {t["target"]: t for t in report.evaluate_targets(rows)}
+    assert targets["start notification median"]["met"] is True
+    assert targets["start median / multiprocessing fork median"]["value"] == 0.5
+    assert targets["failed start reported (median)"]["met"] is False  # 3 ms > 2 ms
