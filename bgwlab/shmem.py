@@ -93,6 +93,7 @@ PMSIGNAL_OFF = 128
 PMSIGNAL_WORKER_CHANGE = 0  # a slot was registered or a terminate requested
 PMSIGNAL_BACKEND_CHANGE = 1  # a backend attached or detached
 N_PMSIGNALS = 2
+STATE_OFF = 8 + 4 * 3  # offset of state within HEADER (after magic, version and the two sizes)
 NEXT_GEN_OFF = 8 + 4 * 5 + 4 + 8  # offset of next_generation within HEADER
 assert HEADER.size == NEXT_GEN_OFF + 16
 
@@ -291,11 +292,11 @@ class Segment:
         return HEADER.unpack_from(self.mm, 0)
 
     def state(self) -> int:
-        return struct.unpack_from("<I", self.mm, 24)[0]
+        return struct.unpack_from("<I", self.mm, STATE_OFF)[0]
 
     def set_state(self, state: int) -> None:
         """Postmaster only."""
-        struct.pack_into("<I", self.mm, 24, state)
+        struct.pack_into("<I", self.mm, STATE_OFF, state)
 
     def set_crash_restarts(self, n: int) -> None:
         """Postmaster only."""

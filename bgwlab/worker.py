@@ -15,6 +15,7 @@ import sys
 
 _current = None
 _alive_fd = -1
+_wake_fd = -1  # read end of this worker's signal self-pipe (see sleep())
 _postmaster_pid = 0
 
 
@@ -53,15 +54,34 @@ def postmaster_alive() -> bool:
 
 
 def sleep(seconds: float) -> bool:
-    """Sleep, but wake at once if the postmaster dies.  Returns False if it died."""
-    if _alive_fd < 0:
-        import time
+    """Sleep, but wake at once if the postmaster dies.  Returns False if it died.
 
+    A SIGTERM (``terminate()``) interrupts it with ``Terminated``, even one that lands
+    just before the ``select()`` starts: Python would run the handler only after the
+    call returns -- an hour later -- so the signal's byte in our self-pipe (the
+    wakeup fd) is in the select set too.  The same race, and fix, as in latch.py.
+    """
+    import time
+
+    if _alive_fd < 0:
         time.sleep(seconds)
         return True
     import select
 
-    return not select.select([_alive_fd], [], [], max(0.0, seconds))[0]
+    fds = [_alive_fd] if _wake_fd < 0 else [_alive_fd, _wake_fd]
+    deadline = time.monotonic() + max(0.0, seconds)
+    while True:
+        remaining = deadline - time.monotonic()  # a pending handler runs here (may raise)
+        if remaining <= 0:
+            return True
+        ready = select.select(fds, [], [], remaining)[0]
+        if _alive_fd in ready:
+            return False
+        if _wake_fd in ready:
+            try:
+                os.read(_wake_fd, 512)
+            except BlockingIOError:
+                pass
 
 
 def _on_sigterm(signum, frame):
@@ -88,12 +108,14 @@ def _traceback() -> str:
 
 def child_main(pm, rw) -> None:
     """Run one worker.  Child of the postmaster, right after fork(); never returns."""
-    global _current, _alive_fd, _postmaster_pid
+    global _current, _alive_fd, _wake_fd, _postmaster_pid
     code = 1
     events = None
     try:
-        # 1. Signals: the postmaster's handlers and wakeup fd are not ours.
-        signal.set_wakeup_fd(-1)
+        # 1. Signals: the postmaster's handlers and wakeup fd are not ours.  Ours is a
+        #    fresh self-pipe, so that sleep() cannot miss a SIGTERM (see sleep()).
+        _wake_fd, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         for s in (signal.SIGUSR1, signal.SIGCHLD, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
             signal.signal(s, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, _on_sigterm)

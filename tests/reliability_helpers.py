@@ -171,15 +171,23 @@ def assert_zombies_get_reaped(pm_pid: int, timeout: float = 5.0) -> None:
                    what=f"postmaster to reap zombies {sorted(seen)}")
 
 
-def pids_alive(pids) -> list[int]:
-    alive = []
-    for p in pids:
+def leftover_workers(worker_pids) -> list[int]:
+    """Workers still running after their postmaster is gone.
+
+    An orphaned worker is re-parented to this process (the test process is a child
+    subreaper, see conftest), so it is one of our descendants.  Looking only there --
+    not at any process with that pid -- keeps pids recycled by unrelated processes on a
+    busy machine (a long soak forks more workers than there are pids) out of the count.
+    """
+    worker_pids = set(worker_pids)
+    left = []
+    for p in psutil.Process().children(recursive=True):
         try:
-            if psutil.Process(p).status() != psutil.STATUS_ZOMBIE:
-                alive.append(p)
+            if p.pid in worker_pids and p.status() != psutil.STATUS_ZOMBIE:
+                left.append(p.pid)
         except psutil.NoSuchProcess:
             pass
-    return alive
+    return left
 
 
 def helper(*args, stderr=None, **kw) -> subprocess.Popen:
@@ -646,6 +654,7 @@ def pid_reuse_main(scenario: str) -> None:
 
 
 def _wait_for(pred, timeout):
+    """conftest.wait_until for helper processes (which do not import pytest)."""
     deadline = time.monotonic() + timeout
     while not pred():
         if time.monotonic() > deadline:

@@ -34,22 +34,23 @@ def test_fork_failure_of_never_restart_worker_is_forgotten_and_notified(cluster,
 
 def test_fork_failure_of_restartable_worker_retries_and_reads_not_yet_started(cluster, backend):
     h = backend.register_dynamic_worker(WorkerSpec(
-        name="ff2", entry="bgwlab.examples:sleep_ms", main_arg=100, restart=0.3,
+        name="ff2", entry="bgwlab.examples:sleep_forever", restart=0.3,
         fault=Fault.fork_failure(errno=errno.EAGAIN, times=2)))
     wait_until(lambda: evs(cluster, h, "fork_failed"), what="first fork failure")
     assert h.get_pid() == (NOT_YET, None)  # pid stays -1 while a retry is pending
     s, pid = h.wait_for_startup()
     assert s is STARTED and pid > 0
+    forked = wait_until(lambda: evs(cluster, h, "forked"), what="forked event")  # logged after the signal
     fails = evs(cluster, h, "fork_failed")
-    forked = evs(cluster, h, "forked")
     assert len(fails) == 2 and len(forked) == 1
     assert fails[1].t_ns - fails[0].t_ns >= 0.3e9 and forked[0].t_ns - fails[1].t_ns >= 0.3e9
+    h.terminate()
     assert h.wait_for_shutdown() is STOPPED
 
 
 def test_crash_before_main_with_exit_code_1(cluster, backend):
     h = backend.register_dynamic_worker(WorkerSpec(name="cb", entry="bgwlab.examples:noop",
-                                                   fault=Fault.crash_before_main(exit_code=1)))
+                                                   fault=Fault.slow_start(1.0) | Fault.crash_before_main(exit_code=1)))
     s, pid = h.wait_for_startup()
     assert s is STARTED  # the fork worked: STARTED does not promise user code ran
     assert h.wait_for_shutdown() is STOPPED
@@ -73,25 +74,26 @@ def test_crash_before_main_with_signal_is_a_crash(cluster, backend):
 
 def test_slow_start_in_worker_delays_user_code_not_the_fork(cluster, backend):
     h = backend.register_dynamic_worker(WorkerSpec(name="slow", entry="bgwlab.examples:noop",
-                                                   fault=Fault.slow_start(0.3)))
+                                                   fault=Fault.slow_start(0.5)))
     s, _ = h.wait_for_startup()
     assert s is STARTED
     assert h.wait_for_shutdown() is STOPPED
     forked = evs(cluster, h, "forked")[0].t_ns
     main = evs(cluster, h, "reached_main")[0].t_ns
-    assert main - forked >= 0.3e9
+    assert main - forked >= 0.5e9
 
 
 def test_slow_start_in_postmaster_delays_the_fork(cluster, backend):
-    h = backend.register_dynamic_worker(WorkerSpec(name="slowpm", entry="bgwlab.examples:noop",
+    h = backend.register_dynamic_worker(WorkerSpec(name="slowpm", entry="bgwlab.examples:sleep_forever",
                                                    fault=Fault.slow_start(0.3, where="postmaster")))
     assert h.get_pid()[0] is NOT_YET
     t0 = time.monotonic()
     s, _ = h.wait_for_startup()
     assert s is STARTED and time.monotonic() - t0 > 0.2
     seen = evs(cluster, h, "request_seen")[0].t_ns
-    forked = evs(cluster, h, "forked")[0].t_ns
+    forked = wait_until(lambda: evs(cluster, h, "forked"), what="forked event")[0].t_ns  # logged after the signal
     assert forked - seen >= 0.3e9
+    h.terminate()
     assert h.wait_for_shutdown() is STOPPED
 
 

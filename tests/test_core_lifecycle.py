@@ -56,7 +56,7 @@ def test_start_in_given_directory_keeps_events_and_refuses_a_second_cluster(tmp_
 
 
 def test_worker_starts_runs_user_code_and_exit0_unregisters(cluster, backend):
-    h = backend.register_dynamic_worker(spec(arg=200, extra=b"hello"))
+    h = backend.register_dynamic_worker(spec(arg=500, extra=b"hello"))
     status, pid = h.wait_for_startup()
     assert status is STARTED and pid > 0
     w = psutil.Process(pid)
@@ -82,7 +82,10 @@ def test_exit1_with_restart_interval_restarts_with_a_new_pid(cluster, backend):
     s, second_pid = wait_until(lambda: (lambda r: r if r[0] is STARTED and r[1] != first_pid else None)(h.get_pid()),
                                what="the restarted worker")
     assert second_pid != first_pid and psutil.Process(second_pid).ppid() == cluster.postmaster_pid
-    evs = [e for e in cluster.events() if e.slot == h.slot and e.generation == h.generation]
+    def mine():
+        return [e for e in cluster.events() if e.slot == h.slot and e.generation == h.generation]
+    evs = wait_until(lambda: (lambda ev: ev if [e.kind for e in ev].count("forked") == 2 else None)(mine()),
+                     what="the second forked event")  # logged just after the signal
     exit1 = next(e for e in evs if e.kind == "exited")
     restart = [e for e in evs if e.kind == "forked"][1]
     assert exit1.detail["exit_code"] == 1
@@ -186,8 +189,9 @@ def test_second_process_attaches_registers_and_waits(cluster):
     code = textwrap.dedent(f"""
         import bgwlab
         b = bgwlab.attach({str(cluster.directory)!r})
-        h = b.register_dynamic_worker(bgwlab.WorkerSpec(name="other", entry="bgwlab.examples:noop"))
+        h = b.register_dynamic_worker(bgwlab.WorkerSpec(name="other", entry="bgwlab.examples:sleep_forever"))
         s, pid = h.wait_for_startup()
+        h.terminate()
         print(s.name, pid, h.wait_for_shutdown().name, b.index)
         b.detach()
     """)

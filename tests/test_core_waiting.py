@@ -58,8 +58,9 @@ def test_wait_with_timeout_returns_current_status(cluster, backend):
 
 def test_async_twins(cluster, backend):
     async def go():
-        h = backend.register_dynamic_worker(WorkerSpec(name="a", entry="bgwlab.examples:sleep_ms", main_arg=50))
+        h = backend.register_dynamic_worker(WorkerSpec(name="a", entry="bgwlab.examples:sleep_forever"))
         s, pid = await h.wait_for_startup_async()
+        h.terminate()
         st = await h.wait_for_shutdown_async()
         slow = backend.register_dynamic_worker(NOOP.replace(fault=Fault.slow_start(30, where="postmaster")))
         timed = await slow.wait_for_startup_async(timeout=0.1)
@@ -169,7 +170,7 @@ def test_postmaster_kill9_wakes_every_waiter_and_workers_exit():
 
 def test_detached_backend_is_never_signalled_again(cluster):
     b1 = cluster.connect()
-    h = b1.register_dynamic_worker(WorkerSpec(name="d", entry="bgwlab.examples:sleep_ms", main_arg=300))
+    h = b1.register_dynamic_worker(WorkerSpec(name="d", entry="bgwlab.examples:sleep_ms", main_arg=1000))
     assert h.wait_for_startup()[0] is STARTED
     t_detach = time.monotonic_ns()
     b1.detach()

@@ -14,7 +14,6 @@ import os
 import random
 import signal
 import struct
-import time
 
 import pytest
 
@@ -311,3 +310,15 @@ def test_random_scribbles_while_the_cluster_serves(fuzz_cluster):
     finally:
         raw.close()
         b.detach()
+
+
+def test_header_fields_are_where_the_layout_declares_them(cluster, backend):
+    """A tool (or a fuzzer) reading the header by its declared layout sees the truth:
+    the state accessor and the HEADER struct agree on where the state lives, and the
+    postmaster's pid is not overwritten by it."""
+    with RawSegment(cluster.directory) as raw:
+        (magic, version, mw, mb, state, pm_pid, pm_uid, _start, next_gen, _crashes) = shmem.HEADER.unpack_from(raw.mm, 0)
+    assert (magic, version, mw, mb) == (shmem.MAGIC, shmem.LAYOUT_VERSION, cluster.max_workers, cluster.max_backends)
+    assert state == shmem.PM_RUNNING and backend.seg.state() == state
+    assert pm_pid == cluster.postmaster_pid and pm_uid == os.geteuid()
+    assert next_gen == backend.seg.next_generation()

@@ -21,7 +21,7 @@ from bgwlab.errors import BgwError
 from bgwlab.latch import dispatcher
 
 from conftest import wait_until
-from reliability_helpers import forked_and_exited, make_spec, pids_alive
+from reliability_helpers import forked_and_exited, leftover_workers, make_spec
 
 STARTED, STOPPED, DIED = HandleStatus.STARTED, HandleStatus.STOPPED, HandleStatus.POSTMASTER_DIED
 N_THREAD_WAITS = 200
@@ -169,13 +169,13 @@ def test_shutdown_with_hundreds_of_pending_waits(how, capsys):
         if how == "postmaster_killed":
             assert any(r is DIED for _, r in results)
             # Orphaned workers notice the death by themselves (alive pipe / PDEATHSIG).
-            wait_until(lambda: not pids_alive(forked_and_exited(cluster.events())[0]), timeout=20,
+            wait_until(lambda: not leftover_workers(forked_and_exited(cluster.events())[0]), timeout=20,
                        what="orphaned workers to exit")
     finally:
         cluster.stop()
     evs = cluster.events()
     forked, exited = forked_and_exited(evs)
-    assert not pids_alive(forked), "a worker outlived its cluster"
+    assert not leftover_workers(forked), "a worker outlived its cluster"
     if how == "stop":
         assert forked == exited, f"never reaped by the postmaster: {forked - exited}"
         assert [e.kind for e in evs if e.kind == "postmaster_stopped"] == ["postmaster_stopped"]

@@ -32,7 +32,7 @@ from bgwlab import Cluster, shmem
 
 from conftest import wait_until
 from reliability_helpers import (LOST_WAIT_S, PostmasterStaller, RawSegment, forked_and_exited, helper,
-                                 kill9, pids_alive, read_msg)
+                                 kill9, leftover_workers, read_msg)
 
 
 class Registrant:
@@ -159,7 +159,7 @@ def run_soak(seconds: float, registrants: int = 4, seed: int = 0, max_workers: i
     forked, exited = forked_and_exited(evs)
     fig["forks"] = len(forked)
     fig["unreaped_workers"] = len(forked - exited)
-    fig["leftover_processes"] = len(pids_alive(forked)) + fig["workers_left_before_stop"]
+    fig["leftover_processes"] = len(leftover_workers(forked)) + fig["workers_left_before_stop"]
     fig["crash_restarts"] = sum(1 for e in evs if e.kind == "crash_restart" and e.detail.get("phase") == "begin")
     fig["notify_dropped"] = sum(1 for e in evs if e.kind == "notify_dropped")
     fig["slot_rejected"] = sum(1 for e in evs if e.kind == "slot_rejected")

@@ -27,7 +27,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
