@@ -354,6 +354,23 @@ class WorkerHandle:
                 return POSTMASTER_DIED, None
             raise
 
+    def _look(self, done, pm_fd, deadline):
+        """One check of a wait loop (after latch.reset()).
+
+        Returns (finished, status, pid, how long to sleep: None = until woken).
+        """
+        status, pid = self._status_in_wait()
+        if done(status) or status is POSTMASTER_DIED:
+            return True, status, pid, 0
+        if pm_fd < 0 or wait_fds([pm_fd], 0):
+            return True, POSTMASTER_DIED, None, 0
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return True, status, pid, 0
+        if not self.notify:
+            remaining = min(remaining or self.UNNOTIFIED_POLL_S, self.UNNOTIFIED_POLL_S)
+        return False, status, pid, remaining
+
     def _wait(self, done, timeout, what):
         b = self.backend
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -363,18 +380,10 @@ class WorkerHandle:
         try:
             while True:
                 latch.reset()  # reset, *then* check: a signal after this point leaves the latch set
-                status, pid = self._status_in_wait()
-                if done(status) or status is POSTMASTER_DIED:
+                finished, status, pid, sleep_s = self._look(done, pm_fd, deadline)
+                if finished:
                     break
-                if pm_fd < 0 or wait_fds([pm_fd], 0):
-                    status, pid = POSTMASTER_DIED, None
-                    break
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                if not self.notify:
-                    remaining = min(remaining or self.UNNOTIFIED_POLL_S, self.UNNOTIFIED_POLL_S)
-                latch.wait(remaining, also=(pm_fd,))
+                latch.wait(sleep_s, also=(pm_fd,))
         finally:
             dispatcher.remove(latch)
             latch.close()
@@ -407,17 +416,9 @@ class WorkerHandle:
         try:
             while True:
                 latch.reset()
-                status, pid = self._status_in_wait()
-                if done(status) or status is POSTMASTER_DIED:
+                finished, status, pid, remaining = self._look(done, pm_fd, deadline)
+                if finished:
                     break
-                if pm_fd < 0 or wait_fds([pm_fd], 0):
-                    status, pid = POSTMASTER_DIED, None
-                    break
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                if not self.notify:
-                    remaining = min(remaining or self.UNNOTIFIED_POLL_S, self.UNNOTIFIED_POLL_S)
                 fut = loop.create_future()
 
                 def wake(fut=fut):
