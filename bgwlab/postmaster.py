@@ -111,6 +111,10 @@ class Postmaster:
                 __import__(mod)
             except Exception as e:  # a bad preload must not stop the cluster
                 print(f"bgwlab postmaster: could not preload {mod}: {e!r}", file=sys.stderr)
+        import gc
+
+        gc.freeze()  # what is loaded so far is permanent: no GC pass walks (and so
+        #              copy-on-write-faults) those pages after each fork
         self.seg = shmem.Segment(os.path.join(self.directory, "shmem"), create=True,
                                  max_workers=self.max_workers, max_backends=self.max_backends)
         self.seg.init_header(self.pid, self.uid, start_ticks(self.pid) or 0, 1)
