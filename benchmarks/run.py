@@ -141,14 +141,9 @@ def _git(*args) -> str:
 
 
 def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    from bgwlab.experiments import _cpu_model as cpu_model  # one definition of the machine's CPU
+
+    return cpu_model()
 
 
 def machine_metadata() -> dict:
