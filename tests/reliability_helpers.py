@@ -210,14 +210,18 @@ def read_msg(proc: subprocess.Popen, timeout: float = 30.0) -> dict:
     return json.loads(line)
 
 
-def finish(proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    """Close a helper's pipes and reap it (killing it if it does not exit in time)."""
+def _close_pipes(proc: subprocess.Popen) -> None:
     for f in (proc.stdin, proc.stdout):
         try:
             if f:
                 f.close()
         except OSError:
             pass
+
+
+def finish(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Close a helper's pipes and reap it (killing it if it does not exit in time)."""
+    _close_pipes(proc)
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -228,12 +232,7 @@ def finish(proc: subprocess.Popen, timeout: float = 30.0) -> None:
 def kill9(proc: subprocess.Popen) -> None:
     proc.kill()
     proc.wait()
-    for f in (proc.stdin, proc.stdout):
-        try:
-            if f:
-                f.close()
-        except OSError:
-            pass
+    _close_pipes(proc)
 
 
 class PostmasterStaller:
