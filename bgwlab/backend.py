@@ -383,7 +383,7 @@ class WorkerHandle:
                 finished, status, pid, sleep_s = self._look(done, pm_fd, deadline)
                 if finished:
                     break
-                latch.wait(sleep_s, also=(pm_fd,))
+                dispatcher.wait(latch, sleep_s, also=(pm_fd,))
         finally:
             dispatcher.remove(latch)
             latch.close()

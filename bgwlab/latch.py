@@ -40,9 +40,17 @@ One wakeup fd per process, one latch per waiter
 
 A process has one wakeup fd, but may have many waiters (threads, asyncio tasks).  If they
 shared one pipe, one waiter's ``reset()`` could swallow the byte meant for another.  So
-``SignalDispatcher`` owns the process's wakeup fd; a small daemon thread blocks on it and,
-for every SIGUSR1, sets *every* registered latch.  Each waiter has its own ``Latch``
-(an eventfd, or a pipe in ``PipeLatch``) and runs the loop above on it.  Postmaster death
+``SignalDispatcher`` owns the process's wakeup fd and, for every SIGUSR1 it reads there,
+sets *every* registered latch.  Each waiter has its own ``Latch`` (an eventfd, or a pipe
+in ``PipeLatch``) and runs the loop above on it.
+
+Who reads the wakeup fd?  A waiter in the *main* thread polls it itself, next to its
+latch (``dispatcher.wait``): one thread, one wakeup.  Waiters in other threads need
+somebody who is not busy, so the first of them starts a small daemon thread that blocks
+on the fd.  It is not started for main-thread waits on purpose: a second Python thread
+woken by the same signal fights the waiter for the GIL, and on a 2-core machine the
+waiter that loses that hand-off can queue for a millisecond behind the worker that was
+just forked (seen in scheduler traces: it was a third of the start tail).  Postmaster death
 is a second fd in the same ``poll()``: a pidfd of the postmaster, readable once it exits
 (``PidfdWatch``), so a waiter never has to poll a timer to notice it.
 
@@ -176,9 +184,16 @@ class SignalDispatcher:
     """Owns this process's SIGUSR1 handling and fans each signal out to every latch.
 
     Installed once per process, from the main thread (Python only lets the main thread
-    change signal handlers).  If some other code had a wakeup fd installed (asyncio does,
-    for ``loop.add_signal_handler``), the bytes we read are forwarded to it, so its
-    signal handling keeps working.
+    change signal handlers).  Three paths set the latches, any one is enough:
+
+    * ``wait()`` in the main thread polls the wakeup pipe beside the latch and drains it;
+    * the fan-out thread (started by the first waiter outside the main thread, or at once
+      if another wakeup fd must be fed) blocks on the pipe and drains it;
+    * the Python-level handler, in the main thread, whenever that thread runs bytecode.
+
+    If some other code had a wakeup fd installed (asyncio does, for
+    ``loop.add_signal_handler``), the bytes we read are forwarded to it, so its signal
+    handling keeps working.
     """
 
     def __init__(self):
@@ -189,7 +204,8 @@ class SignalDispatcher:
         self._r = self._w = -1
         self._forward_fd = -1
         self._thread = None
-        self.signals_seen = 0
+        self.signals_seen = 0  # SIGUSR1 bytes read from the wakeup pipe (by a waiter or the thread)
+        self.handler_calls = 0  # runs of the Python-level handler (main thread)
 
     # -- installation ---------------------------------------------------------------------
     def install(self) -> None:
@@ -212,16 +228,31 @@ class SignalDispatcher:
             self._forward_fd = old if old != -1 else -1
             self._r, self._w = r, w
             self._pid = os.getpid()
+            self._thread = None
             self._installed = True
-            self._thread = threading.Thread(target=self._run, name="bgwlab-signals", daemon=True)
-            self._thread.start()
+        if self._forward_fd != -1:
+            self._ensure_thread()  # the other wakeup fd's owner must not wait for our waiters
+
+    def _ensure_thread(self) -> None:
+        """Start the fan-out thread once per process.  Any thread; needs install() first."""
+        with self._lock:
+            if not self._installed or self._pid != os.getpid():
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="bgwlab-signals", daemon=True)
+                self._thread.start()
+
+    @property
+    def thread_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def _python_handler(self, signum, frame):
-        # Runs later, in the main thread.  The dispatcher thread has already done the
-        # work; setting the latches again is a harmless second path (e.g. if someone
-        # replaced our wakeup fd after we installed it).  Never block on the lock here:
-        # this handler may interrupt the main thread while *it* holds the lock (in add()
-        # or remove()), and waiting would deadlock the thread on itself.
+        # Runs later, in the main thread.  A waiter or the thread has usually done the
+        # work already; setting the latches again is a harmless extra path (e.g. if
+        # someone replaced our wakeup fd after we installed it).  Never block on the lock
+        # here: this handler may interrupt the main thread while *it* holds the lock (in
+        # add() or remove()), and waiting would deadlock the thread on itself.
+        self.handler_calls += 1
         if self._lock.acquire(blocking=False):
             try:
                 for latch in self._latches:
@@ -229,26 +260,64 @@ class SignalDispatcher:
             finally:
                 self._lock.release()
 
+    def drain(self) -> bool:
+        """Read the wakeup pipe empty, forward it, set every latch if SIGUSR1 was in it.
+
+        Any thread, but never from a signal handler (it takes the lock).  Returns False
+        once the pipe is closed.
+        """
+        data = b""
+        while True:
+            try:
+                chunk = os.read(self._r, 4096)
+            except BlockingIOError:
+                break
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            data += chunk
+        if not data:
+            return True
+        if self._forward_fd != -1:
+            try:
+                os.write(self._forward_fd, data)
+            except OSError:
+                pass
+        if signal.SIGUSR1 in data:
+            self.signals_seen += 1
+            self.set_all()
+        return True
+
     def _run(self) -> None:
         r = self._r
         while True:
             try:
                 wait_fds([r], None)
-                data = os.read(r, 4096)
-            except BlockingIOError:
-                continue
             except OSError:
                 return
-            if not data:
+            if not self.drain():
                 return
-            if self._forward_fd != -1:
-                try:
-                    os.write(self._forward_fd, data)
-                except OSError:
-                    pass
-            if signal.SIGUSR1 in data:
-                self.signals_seen += 1
-                self.set_all()
+
+    # -- waiting ----------------------------------------------------------------------------
+    def wait(self, latch, timeout: float | None = None, also=()) -> list[int]:
+        """``latch.wait(timeout, also)`` for a registered waiter.
+
+        In the main thread (of the process that installed us) this also polls the wakeup
+        pipe and drains it on the spot, so that the waiter wakes without handing the
+        signal through a second thread.  Elsewhere it is exactly ``latch.wait``.
+        """
+        r = self._r
+        if (r < 0 or self._pid != os.getpid()
+                or threading.current_thread() is not threading.main_thread()):
+            return latch.wait(timeout, also)
+        ready = latch.wait(timeout, (*also, r))
+        if r in ready:
+            self.drain()
+            ready.remove(r)
+            if latch.fileno() not in ready:
+                ready.append(latch.fileno())
+        return ready
 
     # -- latches ----------------------------------------------------------------------------
     def set_all(self) -> None:
@@ -259,6 +328,9 @@ class SignalDispatcher:
                 latch.set()
 
     def add(self, latch) -> None:
+        """Register a waiter's latch.  Outside the main thread, also start the fan-out thread."""
+        if self._thread is None and threading.current_thread() is not threading.main_thread():
+            self._ensure_thread()
         with self._lock:
             self._latches.add(latch)
 
@@ -271,6 +343,7 @@ class SignalDispatcher:
         self._installed = False
         self._latches = set()
         self._lock = threading.Lock()
+        self._thread = None
 
 
 dispatcher = SignalDispatcher()

@@ -46,7 +46,7 @@ The three strategies (sibling classes, one method ``wait(backend, handle, spec)`
 
 Every strategy measures time-to-verdict from the registration (``handle.registered_ns``)
 and the CPU time this process spent while waiting (``time.process_time``, which includes
-the signal-dispatcher thread that fans SIGUSR1 out to latches).  Each verdict is also
+the signal dispatcher's fan-out thread, if a waiter outside the main thread started it).  Each verdict is also
 recorded in the cluster's event log as a ``verdict`` event.
 
 This module is imported by the postmaster (``PRELOAD``) so that forked workers find
@@ -280,7 +280,7 @@ class Notify(Strategy):
                     return "failed", "stopped before sign-in"
                 if pm_fd < 0 or _postmaster_gone(backend):
                     return "failed", "postmaster died"
-                latch.wait(None, also=(pm_fd,))
+                dispatcher.wait(latch, None, also=(pm_fd,))
         finally:
             dispatcher.remove(latch)
             latch.close()

@@ -205,7 +205,7 @@ def _signal_trial(mechanism: str, pinger, delay_ms: float, d) -> tuple[float, fl
             os.write(pinger.stdin.fileno(), f"{delay_ms}".encode())
             latch.reset()                        # reset, then look, then sleep
             while not _readable(out) and time.monotonic() < end:
-                latch.wait(max(0.0, end - time.monotonic()))
+                d.wait(latch, max(0.0, end - time.monotonic()))
                 latch.reset()
         finally:
             d.remove(latch)

@@ -135,7 +135,7 @@ plot_wakeups(wake, ax=ax);
 # What to read in it (your numbers are in the table above; these are the shapes):
 #
 # * eventfd and self-pipe latches are equivalent: the cost is the signal, the dispatcher
-#   thread and the wakeup — tens of microseconds — not the fd type. An eventfd saves one fd
+#   hand-off and the wakeup — tens of microseconds — not the fd type. An eventfd saves one fd
 #   and a `read()` loop.
 # * polling is as late as half its period on average (up to a full period), and each
 #   wait burns a wakeup every period. Shorten the period and you buy latency with CPU.

@@ -469,7 +469,7 @@ def sigusr1_counter_main(mode: str = "plain", directory: str = "") -> None:
         from bgwlab.latch import dispatcher
 
         backend = bgwlab.attach(directory)
-        counted = lambda: dispatcher.signals_seen  # noqa: E731
+        counted = lambda: dispatcher.handler_calls  # noqa: E731  (every SIGUSR1 runs it)
     else:
         signal.signal(signal.SIGUSR1, lambda s, f: count.__setitem__(0, count[0] + 1))
         counted = lambda: count[0]  # noqa: E731

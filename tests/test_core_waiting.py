@@ -35,15 +35,75 @@ def test_sigusr1_from_another_thread_sets_every_registered_latch():
     a, b = EventfdLatch(), EventfdLatch()
     dispatcher.add(a), dispatcher.add(b)
     try:
-        seen = dispatcher.signals_seen
         t = threading.Thread(target=lambda: os.kill(os.getpid(), signal.SIGUSR1))
         t.start(), t.join()
         assert a.wait(5) and b.wait(5)
-        # the dispatcher thread (C handler -> wakeup fd), not only the main thread's handler
-        wait_until(lambda: dispatcher.signals_seen > seen, what="dispatcher thread to see SIGUSR1")
     finally:
         dispatcher.remove(a), dispatcher.remove(b)
         a.close(), b.close()
+
+
+def test_waiter_in_another_thread_starts_the_fan_out_thread_which_wakes_it():
+    news, registered, woke = [], threading.Event(), []
+
+    def waiter(latch):
+        dispatcher.add(latch)  # from a non-main thread: starts the fan-out thread
+        registered.set()
+        try:
+            deadline = time.monotonic() + 10
+            latch.reset()  # reset, look, sleep: stale wakeups just loop
+            while not news and time.monotonic() < deadline:
+                dispatcher.wait(latch, deadline - time.monotonic())
+                latch.reset()
+            woke.append(time.monotonic())
+        finally:
+            dispatcher.remove(latch)
+            latch.close()
+
+    seen = dispatcher.signals_seen
+    t = threading.Thread(target=waiter, args=(EventfdLatch(),))
+    t.start()
+    assert registered.wait(5)
+    assert dispatcher.thread_running
+    news.append(True)
+    t_sent = time.monotonic()
+    os.kill(os.getpid(), signal.SIGUSR1)
+    t.join(15)
+    assert woke and woke[0] - t_sent < 5  # woken by the signal, not by its 10 s deadline
+    # the fan-out thread read the byte from the wakeup pipe (C handler -> wakeup fd): the
+    # main thread, in join(), never drains it
+    wait_until(lambda: dispatcher.signals_seen > seen, what="the fan-out thread to see SIGUSR1")
+
+
+MAIN_THREAD_WAIT = r"""
+import json, threading
+import bgwlab
+from bgwlab.latch import dispatcher
+with bgwlab.Cluster.start(max_workers=2) as c:
+    b = c.connect()
+    for _ in range(20):
+        h = b.register_dynamic_worker(bgwlab.WorkerSpec(name="n", entry="bgwlab.examples:noop"))
+        assert h.wait_for_startup()[0] is bgwlab.HandleStatus.STARTED
+        assert h.wait_for_shutdown() is bgwlab.HandleStatus.STOPPED
+    print(json.dumps({"threads": sorted(t.name for t in threading.enumerate()),
+                      "signals_seen": dispatcher.signals_seen}))
+"""
+
+
+def test_main_thread_waits_drain_the_wakeup_pipe_themselves_without_a_second_thread():
+    """A script that waits in its main thread gets one wakeup per signal: no fan-out thread
+    is started (it would fight the waiter for the GIL), and the waiter itself read the
+    signals from the wakeup pipe (40 waits, each ended by a SIGUSR1)."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", MAIN_THREAD_WAIT], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["threads"] == ["MainThread"]
+    assert res["signals_seen"] >= 20  # at least one per start; a signal may cover two waits
 
 
 def test_wait_with_timeout_returns_current_status(cluster, backend):
