@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup system-deps test lab bench bench-quick soak clean
+.PHONY: setup system-deps test lab bench bench-quick bench-tail soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ bench: setup
 
 bench-quick: setup
 	$(PY) benchmarks/run.py --quick
+
+bench-tail: setup  # root only: the start tail under ftrace's scheduler events
+	$(PY) benchmarks/tail_trace.py --out data/bench
 
 soak: setup
 	BGWLAB_SOAK_SECONDS=$${BGWLAB_SOAK_SECONDS:-300} $(PY) -m pytest -m soak -p no:cacheprovider tests
