@@ -16,7 +16,11 @@ inside the trial, and charges each wait to whoever held the CPU until they got i
 * ``new worker``   -- the worker being started (it took the CPU at fork);
 * ``postmaster`` / ``registrant`` -- the other side of the same start;
 * ``kernel thread`` -- kdamond, kworker, ksoftirqd, rcu... (named in the detail table);
-* ``idle CPU``     -- nobody: the CPU was idle and took that long to wake (a VM's vCPU);
+* ``idle vCPU``    -- nobody: the CPU was idle, yet the task waited -- a virtual CPU that
+  was halted or not scheduled by the host;
+* ``blocked in the kernel`` -- asleep in state D (a kernel lock, I/O); the kernel stack
+  says where (e.g. ``dup_mmap/down_write``: fork() waiting for a shared library's
+  mapping lock);
 * ``other benchmark process`` and ``other``.
 
 Output: the table for the slowest 1 % of starts and for all of them, the kernel threads'
@@ -82,7 +86,8 @@ class Tracer:
     def _write(self, name: str, value: str) -> None:
         (TRACEFS / name).write_text(value)
 
-    def start(self) -> None:
+    def start(self, stack_pids=()) -> None:
+        """Trace from now on; with `stack_pids`, record the kernel stack of their D-state sleeps."""
         for name in ("trace_clock", "buffer_size_kb", "set_event"):
             self.saved[name] = (TRACEFS / name).read_text()
         self._write("tracing_on", "0")
@@ -90,6 +95,11 @@ class Tracer:
         self._write("trace_clock", "mono")
         self._write("buffer_size_kb", str(self.buffer_kb))
         self._write("set_event", "\n".join(EVENTS) + "\n")
+        self.trigger = None
+        if stack_pids:
+            pids = " || ".join(f"prev_pid == {p}" for p in stack_pids)
+            self.trigger = f"stacktrace if prev_state & 2 && ({pids})"
+            self._write("events/sched/sched_switch/trigger", self.trigger)
         self._write("tracing_on", "1")
 
     def stop(self, path: Path) -> None:
@@ -97,6 +107,8 @@ class Tracer:
         with open(TRACEFS / "trace", "rb") as src, open(path, "wb") as dst:
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
+        if self.trigger:
+            self._write("events/sched/sched_switch/trigger", "!" + self.trigger)
         self._write("trace", "")
         self._write("set_event", "")
         clock = re.search(r"\[(\w+)\]", self.saved.get("trace_clock", "[local]")).group(1)
@@ -105,14 +117,48 @@ class Tracer:
 
 
 # -- parsing ---------------------------------------------------------------------------------------
+STACK_LINE = re.compile(r"^\s*.+?-(?P<pid>\d+)\s+\[\d+\]\s+\S+\s+[\d.]+:\s+<stack trace>")
+GENERIC_FRAMES = re.compile(r"^(trace_|__traceiter|__schedule|schedule|preempt_schedule|io_schedule|"
+                            r"rwsem_down|down_|up_|__mutex_lock|mutex_lock|folio_wait|__folio_lock|"
+                            r"__wait_for_common|wait_for_completion|out_of_line_wait|__wait_on_bit|"
+                            r"bit_wait|__cond_resched|__rt_mutex|rt_mutex)")
+
+
+def where_blocked(frames: list[str]) -> str:
+    """'dup_mmap/down_write': the first non-generic caller and the primitive it waits in."""
+    prim = next((f for f in frames if f.startswith(("down_", "__mutex_lock", "mutex_lock", "io_schedule",
+                                                      "folio_wait", "wait_for_completion"))), "")
+    site = next((f for f in frames if not GENERIC_FRAMES.match(f)), "?")
+    return f"{site}/{prim}" if prim else site
+
+
 def parse(path: Path):
-    """(switches, wakeups, lost): sched_switch and wakeup records, time-sorted, in ns."""
+    """(switches, wakeups, lost): sched_switch and wakeup records, time-sorted, in ns.
+
+    A switch record is (t, cpu, prev_pid, prev_comm, prev_state, next_pid, next_comm,
+    where): `where` is ``where_blocked()`` of the kernel stack recorded for a D-state
+    sleep (the tracer's stacktrace trigger), else "".
+    """
     switches, wakeups, lost = [], [], 0
+    last_d_switch = {}  # pid -> index in switches of its latest D-state switch-out
+    frames, owner = None, None
     with open(path, errors="replace") as f:
         for line in f:
+            if frames is not None:
+                if line.startswith(" => "):
+                    frames.append(line[4:].strip())
+                    continue
+                if owner is not None:
+                    t, *rest = switches[owner]
+                    switches[owner] = (t, *rest[:-1], where_blocked(frames))
+                frames, owner = None, None
             if line.startswith("#"):
                 if "LOST" in line:
                     lost += 1
+                continue
+            st = STACK_LINE.match(line)
+            if st:
+                frames, owner = [], last_d_switch.pop(int(st["pid"]), None)
                 continue
             m = LINE.match(line)
             if not m:
@@ -121,12 +167,17 @@ def parse(path: Path):
             if m["ev"] == "sched_switch":
                 s = SWITCH.search(m["rest"])
                 if s:
+                    if s["ps"].startswith("D"):
+                        last_d_switch[int(s["pp"])] = len(switches)
                     switches.append((t, int(m["cpu"]), int(s["pp"]), s["pc"], s["ps"],
-                                     int(s["np"]), s["nc"]))
+                                     int(s["np"]), s["nc"], ""))
             elif m["ev"] in ("sched_wakeup", "sched_wakeup_new"):
                 w = WAKE.search(m["rest"])
                 if w:  # the line's own task is the waker
                     wakeups.append((t, int(w["p"]), int(w["cpu"]), m["comm"], int(m["pid"])))
+    if frames is not None and owner is not None:
+        t, *rest = switches[owner]
+        switches[owner] = (t, *rest[:-1], where_blocked(frames))
     switches.sort()
     wakeups.sort()
     return switches, wakeups, lost
@@ -138,7 +189,7 @@ class CpuTimeline:
     def __init__(self, switches):
         self.t = defaultdict(list)
         self.who = defaultdict(list)
-        for t, cpu, pp, pc, ps, np_, nc in switches:
+        for t, cpu, pp, pc, ps, np_, nc, _ in switches:
             self.t[cpu].append(t)
             self.who[cpu].append((np_, nc))
 
@@ -160,11 +211,12 @@ def wait_intervals(switches, wakeups, pids: set[int]):
     """For each pid: the intervals it waited on others, as (from_ns, to_ns, kind, cpu, waker).
 
     kind ``queued``: runnable, not running, then switched in on ``cpu`` -- charged to
-    whoever ran on that CPU meanwhile; kind ``blocked``: asleep in the kernel in state D
-    (a lock, a page) -- charged to ``waker`` (comm, pid), who woke it.  Ordinary sleeps
-    (state S: poll(), read()) are the protocol's own waits and are not counted.
+    whoever ran on that CPU meanwhile (the last field is None); kind ``blocked``: asleep
+    in the kernel in state D (a lock, I/O) -- the last field is (where, waker comm).
+    Ordinary sleeps (state S: poll(), read()) are the protocol's own waits and are not
+    counted.
     """
-    queued_since, blocked_since = {}, {}
+    queued_since, blocked_since, blocked_where = {}, {}, {}
     out = defaultdict(list)
     events = [(w[0], 1, w) for w in wakeups] + [(s[0], 0, s) for s in switches]
     events.sort(key=lambda e: (e[0], e[1]))
@@ -173,10 +225,11 @@ def wait_intervals(switches, wakeups, pids: set[int]):
             _, pid, cpu, wcomm, wpid = rec
             if pid in pids:
                 if pid in blocked_since:
-                    out[pid].append((blocked_since.pop(pid), t, "blocked", cpu, (wpid, wcomm)))
+                    out[pid].append((blocked_since.pop(pid), t, "blocked", cpu,
+                                     (blocked_where.pop(pid, ""), wcomm)))
                 queued_since.setdefault(pid, t)
         else:
-            _, cpu, pp, pc, ps, np_, nc = rec
+            _, cpu, pp, pc, ps, np_, nc, where = rec
             if np_ in pids and np_ in queued_since:
                 out[np_].append((queued_since.pop(np_), t, "queued", cpu, None))
             if pp in pids:
@@ -184,6 +237,7 @@ def wait_intervals(switches, wakeups, pids: set[int]):
                     queued_since[pp] = t  # preempted: queued from now on
                 elif ps.startswith("D"):
                     blocked_since[pp] = t
+                    blocked_where[pp] = where
     for ivs in out.values():
         ivs.sort()
     return out
@@ -191,7 +245,7 @@ def wait_intervals(switches, wakeups, pids: set[int]):
 
 def categorize(comm: str, pid: int, trial: dict, roles: dict[int, str], runner_pids: set[int]) -> str:
     if pid == 0 or comm.startswith("swapper"):
-        return "idle CPU"
+        return "idle vCPU"
     if pid == trial["pid"]:
         return "new worker"
     if pid in roles:
@@ -203,8 +257,8 @@ def categorize(comm: str, pid: int, trial: dict, roles: dict[int, str], runner_p
     return "other"
 
 
-CATEGORIES = ("new worker", "postmaster", "registrant", "kernel thread", "idle CPU",
-              "other benchmark process", "other")
+CATEGORIES = ("new worker", "postmaster", "registrant", "kernel thread", "idle vCPU",
+              "blocked in the kernel", "other benchmark process", "other")
 
 
 def attribute(trials, waits, timeline: CpuTimeline, registrant: int, postmaster: int,
@@ -219,20 +273,24 @@ def attribute(trials, waits, timeline: CpuTimeline, registrant: int, postmaster:
         for pid in (registrant, postmaster):
             starts, ivs = index.get(pid, ([], []))
             i = bisect.bisect_left(starts, t0 - 50_000_000)
-            for since, until, kind, cpu, waker in ivs[i:]:
+            for since, until, kind, cpu, extra in ivs[i:]:
                 if since >= t1:
                     break
                 a, b = max(since, t0), min(until, t1)
                 if b <= a:
                     continue
-                charged = {waker: b - a} if kind == "blocked" else timeline.occupants(cpu, a, b)
-                for (cpid, comm), ns in charged.items():
+                if kind == "blocked":
+                    where, waker = extra
+                    row["blocked in the kernel"] += (b - a) / 1e6
+                    row["culprits"][f"{roles[pid]} blocked in {where or '?'} (woken by {waker})"] += (b - a) / 1e6
+                    continue
+                for (cpid, comm), ns in timeline.occupants(cpu, a, b).items():
                     who = categorize(comm, cpid, tr, roles, runner_pids)
                     if cpid == pid or who == roles[pid]:
                         continue  # itself, or its own other thread
                     row[who] += ns / 1e6
                     name = comm if who in ("kernel thread", "other") else who
-                    row["culprits"][f"{roles[pid]} {kind} behind {name}"] += ns / 1e6
+                    row["culprits"][f"{roles[pid]} queued behind {name}"] += ns / 1e6
         rows.append(row)
     return rows
 
@@ -241,7 +299,7 @@ def kernel_thread_share(switches, t_begin: int, t_end: int, ncpu: int) -> dict:
     """CPU time of each kernel-thread family in [t_begin, t_end], and its longest runs."""
     on = {}
     runs = defaultdict(list)
-    for t, cpu, pp, pc, ps, np_, nc in switches:
+    for t, cpu, pp, pc, ps, np_, nc, _ in switches:
         if not t_begin <= t <= t_end:
             continue
         if cpu in on:
@@ -290,21 +348,22 @@ def main(argv=None) -> int:
     orig_setup = bench.setup
     pids = {}
 
-    def setup():
+    import time
+
+    def setup():  # trace from the end of the setup on (the clusters' imports are not the subject)
         orig_setup()
         pids["postmaster"] = bench.clusters["base"].postmaster_pid
+        pids["t_begin"] = time.monotonic_ns()
+        tracer.start(stack_pids=(pids["postmaster"], bench.runner_pids["lean"]))
 
     bench.setup = setup
     trace_path = Path(args.trace_file)
-    import time
-
-    t_begin = time.monotonic_ns()
-    tracer.start()
     try:
         result = bench.run()
     finally:
-        tracer.stop(trace_path)
-    t_end = time.monotonic_ns()
+        if "t_begin" in pids:
+            tracer.stop(trace_path)
+    t_begin, t_end = pids["t_begin"], time.monotonic_ns()
     switches, wakeups, lost = parse(trace_path)
     registrant = bench.runner_pids["lean"]
     postmaster = pids["postmaster"]
@@ -319,8 +378,8 @@ def main(argv=None) -> int:
     print(f"\nbgwlab start tail under the scheduler trace: {len(rows)} starts on the base cluster, "
           f"{args.rounds} rounds; median {start['median']:.3f} ms, p99 {start['p99']:.3f} ms "
           f"(traced, so a little slower than make bench){'; LOST EVENTS' if lost else ''}")
-    print("\nTime the registrant and the postmaster waited on others inside a start (queued for a CPU:"
-          " charged to who held it; blocked in the kernel: to who woke them), per start")
+    print("\nTime the registrant and the postmaster waited on others inside a start, per start (queued"
+          " for a CPU: charged to whoever held it; asleep in state D: 'blocked in the kernel')")
     print(f"{'set':12s} {'n':>5s} {'median':>8s}  " + "  ".join(f"{c:>14s}" for c in CATEGORIES))
     for label in ("slowest 1%", "all"):
         sel = [r for r in table if r["set"] == label]
@@ -328,7 +387,7 @@ def main(argv=None) -> int:
               + "  ".join(f"{r['queued_ms_per_start']:8.3f}ms {100 * r['share_of_time']:3.0f}%"
                           .rjust(14) for r in sel))
     slow = sorted(rows, key=lambda r: -r["total_ms"])[:max(1, len(rows) // 100)]
-    print("\nThe slowest starts, one by one (queued ms by culprit):")
+    print("\nThe slowest starts, one by one (ms waited, by culprit; blocked: the kernel stack's call site):")
     for r in slow:
         parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["culprits"].items(), key=lambda kv: -kv[1])
                           if v >= 0.05)
