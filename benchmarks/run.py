@@ -7,8 +7,8 @@
 What one run does (everything interleaved: every round runs every trial in a shuffled
 order, so a disturbance on the shared machine hits all of them alike):
 
-* six clusters: ``max_workers`` 8 (the base, events logged), 8 with ``log_events=False``,
-  64, 256 and 1,024 slots, and 1,024 slots with ~1,000 of them running sleepers;
+* five clusters: ``max_workers`` 8 (the base, events logged), 8 with ``log_events=False``,
+  64, 256 and 1,024 slots;
 * measuring processes (``runner.py``): a lean registrant, a registrant holding a 200 MB
   heap of Python objects, three more registrants for the 4-registrant cycles, and two
   peer runners (lean and 200 MB) for ``os.fork`` + signal, ``multiprocessing`` fork /
@@ -17,8 +17,15 @@ order, so a disturbance on the shared machine hits all of them alike):
   the worker, the worker's last instruction -> stop known (``wait_for_shutdown``), and
   a start with ``Fault.fork_failure()`` -> failure known; the same two stamps for each
   peer; every few rounds, start/exit cycles per second for a fixed time;
-* after the rounds: the latency decomposition from the base cluster's event log, the
-  issue's targets, and the cost of one event (``bench_events.py``).
+* after the rounds, the *busy phase*: a sixth cluster of 1,024 slots, ~1,000 of them
+  running sleepers, with starts on it interleaved with starts on the base cluster.  It
+  has a phase of its own because 1,000 live Python processes slow down every fork on
+  the machine, not only their own cluster's: each shares libpython's mappings, and the
+  kernel's reverse-map walks over them (here: kdamond) hold the mapping lock that fork()
+  needs (``tail_trace.py`` shows it; in one run with them alive the start p99 went from
+  1.3 to 4-7 ms);
+* at the end: the latency decomposition from the base cluster's event log, the issue's
+  targets, and the cost of one event (``bench_events.py``).
 
 Output: a table of medians, p99 and ratios to each peer on stdout, and under ``--out``
 (default ``data/bench``): ``bench_<mode>.csv`` (summary), ``_samples.csv.gz``,
@@ -70,6 +77,7 @@ class Plan:
     cycles_every: int  # run the cycles block after every n-th round
     cycles_s: float  # duration of one cycles measurement
     busy_workers: int  # sleepers in the max_workers=1024 "busy" cluster
+    busy_rounds: int  # rounds of the busy phase (each: variant_reps starts there + on the base)
     event_n: int  # events per shape in bench_events
 
     @property
@@ -78,9 +86,11 @@ class Plan:
 
 
 QUICK = Plan("quick", rounds=15, base_reps=2, variant_reps=2, fail_reps=2, fast_peer_reps=1,
-             slow_peer_reps=1, cycles_every=5, cycles_s=0.2, busy_workers=100, event_n=5_000)
+             slow_peer_reps=1, cycles_every=5, cycles_s=0.2, busy_workers=100, busy_rounds=5,
+             event_n=5_000)
 FULL = Plan("full", rounds=300, base_reps=4, variant_reps=4, fail_reps=3, fast_peer_reps=2,
-            slow_peer_reps=1, cycles_every=10, cycles_s=0.5, busy_workers=1000, event_n=50_000)
+            slow_peer_reps=1, cycles_every=10, cycles_s=0.5, busy_workers=1000, busy_rounds=100,
+            event_n=50_000)
 
 
 class BenchError(RuntimeError):
@@ -187,10 +197,9 @@ class Bench:
 
         p = self.plan
         specs = {"base": (8, True), "log_off": (8, False), "mw64": (64, True),
-                 "mw256": (256, True), "mw1024": (1024, True), p.busy_variant: (1024, True)}
+                 "mw256": (256, True), "mw1024": (1024, True)}
         for name, (mw, log) in specs.items():
             self.clusters[name] = Cluster.start(max_workers=mw, log_events=log, preload=PRELOAD)
-        self._fill_busy(self.clusters[p.busy_variant], p.busy_workers)
         for name, role in (("lean", "bgw"), ("heavy", "bgw"), ("c1", "bgw"), ("c2", "bgw"),
                            ("c3", "bgw"), ("peers", "peers"), ("peers_heavy", "peers")):
             self.runners[name] = Runner(role, name)
@@ -271,7 +280,7 @@ class Bench:
         timed("lean", "base", "", p.base_reps, trace=True)
         timed("heavy", "base", ".heap200", p.base_reps)
         timed("lean", "log_off", ".log_off", p.base_reps, keep=("start", "death"))
-        for v in ("mw64", "mw256", "mw1024", p.busy_variant):
+        for v in ("mw64", "mw256", "mw1024"):
             timed("lean", v, f".{v}", p.variant_reps, keep=("start", "death"))
         fail("lean", "base", "", p.fail_reps, trace=True)
         fail("heavy", "base", ".heap200", p.fail_reps)
@@ -296,6 +305,37 @@ class Bench:
             ("mp_fork.rate", [("peers", {"op": "cycles", "name": "mp_fork"})]),
             ("mp_fork.rate.heap200", [("peers_heavy", {"op": "cycles", "name": "mp_fork"})]),
         ]
+
+    def run_busy_phase(self) -> None:
+        """Starts on a cluster with ~1,000 sleeping workers, interleaved with starts on the base.
+
+        ``.mw1024_busyN`` = that cluster; ``.busy_phase`` = the base cluster while those
+        sleepers exist (the machine-wide cost of 1,000 live processes, see the docstring).
+        """
+        from bgwlab import Cluster
+
+        p = self.plan
+        name = p.busy_variant
+        self.meta["busy_phase_t_begin_ns"] = time.monotonic_ns()
+        t0 = time.monotonic()
+        self.clusters[name] = Cluster.start(max_workers=1024, preload=PRELOAD)
+        self._fill_busy(self.clusters[name], p.busy_workers)
+        self.runners["lean"].call(op="attach", clusters={name: [str(self.clusters[name].directory), True]})
+        self.meta["busy_phase"] = {"workers": p.busy_workers, "rounds": p.busy_rounds,
+                                   "fill_s": round(time.monotonic() - t0, 1)}
+        out = []
+        for cluster, suffix in ((name, f".{name}"), ("base", ".busy_phase")):
+            def record(res, rnd, suffix=suffix):
+                self.add(f"bgwlab.start{suffix}", (res["t1"] - res["t0"]) / 1e6, rnd)
+                self.add(f"bgwlab.death{suffix}", (res["t3"] - res["t_last"]) / 1e6, rnd)
+            out.extend([({"op": "timed", "cluster": cluster}, record)] * p.variant_reps)
+        lean = self.runners["lean"]
+        for cmd, _ in out:
+            lean.call(**cmd)  # warm-up
+        for rnd in range(p.rounds + 1, p.rounds + 1 + p.busy_rounds):
+            self.rng.shuffle(out)
+            for cmd, record in out:
+                record(lean.call(**cmd), rnd)
 
     def fault_probe(self, n: int = 100) -> float:
         """Minor page faults the base postmaster takes per timed start/exit cycle.
@@ -352,6 +392,7 @@ class Bench:
                     self.run_cycles(rnd)
                 self.loads.append(os.getloadavg()[0])
             self.meta["postmaster_minor_faults_per_cycle"] = self.fault_probe()
+            self.run_busy_phase()
         finally:
             events = self.teardown()
         from bench_events import measure
