@@ -31,7 +31,7 @@ bench-quick: setup
 	$(PY) benchmarks/run.py --quick
 
 bench-tail: setup  # root only: the start tail under ftrace's scheduler events
-	$(PY) benchmarks/tail_trace.py --out data/bench
+	$(PY) benchmarks/tail_trace.py --rounds 300 --out data/bench
 
 soak: setup
 	BGWLAB_SOAK_SECONDS=$${BGWLAB_SOAK_SECONDS:-300} $(PY) -m pytest -m soak -p no:cacheprovider tests

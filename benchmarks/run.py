@@ -324,18 +324,23 @@ class Bench:
         self.meta["busy_phase"] = {"workers": p.busy_workers, "rounds": p.busy_rounds,
                                    "fill_s": round(time.monotonic() - t0, 1)}
         out = []
+        self.trials["busy_phase"] = []
         for cluster, suffix in ((name, f".{name}"), ("base", ".busy_phase")):
             def record(res, rnd, suffix=suffix):
                 self.add(f"bgwlab.start{suffix}", (res["t1"] - res["t0"]) / 1e6, rnd)
                 self.add(f"bgwlab.death{suffix}", (res["t3"] - res["t_last"]) / 1e6, rnd)
+                if suffix == ".busy_phase":
+                    self.trials["busy_phase"].append(res)  # for tail_trace.py
             out.extend([({"op": "timed", "cluster": cluster}, record)] * p.variant_reps)
         lean = self.runners["lean"]
         for cmd, _ in out:
             lean.call(**cmd)  # warm-up
+        t_measure = time.monotonic_ns()
         for rnd in range(p.rounds + 1, p.rounds + 1 + p.busy_rounds):
             self.rng.shuffle(out)
             for cmd, record in out:
                 record(lean.call(**cmd), rnd)
+        self.meta["busy_phase"]["window_ns"] = [t_measure, time.monotonic_ns()]
 
     def fault_probe(self, n: int = 100) -> float:
         """Minor page faults the base postmaster takes per timed start/exit cycle.

@@ -1,7 +1,7 @@
 """Where the start tail comes from: the benchmark's start trials under the kernel's scheduler trace.
 
-    sudo .venv/bin/python benchmarks/tail_trace.py [--rounds 60] [--out data/bench]
-    make bench-tail
+    sudo .venv/bin/python benchmarks/tail_trace.py [--rounds 60] [--busy-workers N] [--out DIR]
+    make bench-tail          # 300 rounds, saves data/bench/bench_tail*
 
 The event log says *which stage* of a slow start took long (``run.py``'s decomposition);
 it cannot say *why*.  Almost always the answer is "the process that had to act next was
@@ -330,6 +330,29 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def print_phase(phase, rows, table, slow, kthreads, stat, lost) -> None:
+    print(f"\n== {phase}: {len(rows)} starts on the base cluster (lean registrant); median "
+          f"{stat['median']:.3f} ms, p99 {stat['p99']:.3f} ms{'; LOST TRACE EVENTS' if lost else ''}")
+    print("Time the registrant and the postmaster waited on others inside a start, per start (queued"
+          " for a CPU: charged to whoever held it; asleep in state D: 'blocked in the kernel')")
+    print(f"{'set':12s} {'n':>5s} {'median':>8s}  " + "  ".join(f"{c:>14s}" for c in CATEGORIES))
+    for label in ("slowest 1%", "all"):
+        sel = [r for r in table if r["set"] == label]
+        print(f"{label:12s} {sel[0]['n']:5d} {sel[0]['median_total_ms']:7.3f}ms  "
+              + "  ".join(f"{r['queued_ms_per_start']:8.3f}ms {100 * r['share_of_time']:3.0f}%"
+                          .rjust(14) for r in sel))
+    print("The slowest starts, one by one (ms waited, by culprit; blocked: the kernel stack's call site):")
+    for r in slow:
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["culprits"].items(), key=lambda kv: -kv[1])
+                          if v >= 0.05)
+        print(f"  {r['total_ms']:6.2f} ms: {parts or 'no waiting on others: running, or asleep on the protocol'}")
+    print("Kernel threads in this phase (share of all CPUs; runs = times on a CPU):")
+    for comm, k in list(kthreads.items())[:4]:
+        print(f"  {comm:12s} {k['cpu_share_pct']:5.2f}%  runs {k['runs']:6d}  p50 {k['run_p50_us']:7.0f} us"
+              f"  p99 {k['run_p99_us']:7.0f} us  max {k['run_max_us']:7.0f} us"
+              f"  runs > 1 ms: {k['runs_over_1ms_per_s']:.1f}/s")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=60)
@@ -366,53 +389,42 @@ def main(argv=None) -> int:
     finally:
         if "t_begin" in pids:
             tracer.stop(trace_path)
-    # kernel threads while the main rounds ran (the busy phase's 1,000 sleepers are another story)
     t_begin = pids["t_begin"]
-    t_end = result["metadata"].get("busy_phase_t_begin_ns") or time.monotonic_ns()
     switches, wakeups, lost = parse(trace_path)
     registrant = bench.runner_pids["lean"]
     postmaster = pids["postmaster"]
     waits = wait_intervals(switches, wakeups, {registrant, postmaster})
-    trials = bench.trials["start"]
-    rows = attribute(trials, waits, CpuTimeline(switches), registrant, postmaster,
-                     set(bench.runner_pids.values()))
-    table = summarize(rows)
-    kthreads = kernel_thread_share(switches, t_begin, t_end, os.cpu_count() or 1)
-    start = next(r for r in result["summary"] if r["metric"] == "bgwlab.start")
-
-    print(f"\nbgwlab start tail under the scheduler trace: {len(rows)} starts on the base cluster, "
-          f"{args.rounds} rounds; median {start['median']:.3f} ms, p99 {start['p99']:.3f} ms "
-          f"(traced, so a little slower than make bench){'; LOST EVENTS' if lost else ''}")
-    print("\nTime the registrant and the postmaster waited on others inside a start, per start (queued"
-          " for a CPU: charged to whoever held it; asleep in state D: 'blocked in the kernel')")
-    print(f"{'set':12s} {'n':>5s} {'median':>8s}  " + "  ".join(f"{c:>14s}" for c in CATEGORIES))
-    for label in ("slowest 1%", "all"):
-        sel = [r for r in table if r["set"] == label]
-        print(f"{label:12s} {sel[0]['n']:5d} {sel[0]['median_total_ms']:7.3f}ms  "
-              + "  ".join(f"{r['queued_ms_per_start']:8.3f}ms {100 * r['share_of_time']:3.0f}%"
-                          .rjust(14) for r in sel))
-    slow = sorted(rows, key=lambda r: -r["total_ms"])[:max(1, len(rows) // 100)]
-    print("\nThe slowest starts, one by one (ms waited, by culprit; blocked: the kernel stack's call site):")
-    for r in slow:
-        parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["culprits"].items(), key=lambda kv: -kv[1])
-                          if v >= 0.05)
-        print(f"  {r['total_ms']:6.2f} ms: {parts or 'no queueing: running or sleeping on I/O'}")
-    print("\nKernel threads during the run (share of all CPUs; runs = times on a CPU):")
-    for comm, k in list(kthreads.items())[:5]:
-        print(f"  {comm:12s} {k['cpu_share_pct']:5.2f}%  runs {k['runs']:6d}  p50 {k['run_p50_us']:7.0f} us"
-              f"  p99 {k['run_p99_us']:7.0f} us  max {k['run_max_us']:7.0f} us"
-              f"  runs > 1 ms: {k['runs_over_1ms_per_s']:.1f}/s")
+    timeline = CpuTimeline(switches)
+    runner_pids = set(bench.runner_pids.values())
+    busy_begin = result["metadata"]["busy_phase_t_begin_ns"]  # windows for the kernel-thread share
+    phases = {
+        "main rounds": (bench.trials["start"], "bgwlab.start", t_begin, busy_begin),
+        f"busy phase ({plan.busy_workers} sleepers alive)": (
+            bench.trials["busy_phase"], "bgwlab.start.busy_phase",
+            *result["metadata"]["busy_phase"]["window_ns"]),
+    }
+    saved_rows, meta_phases = [], {}
+    for phase, (trials, metric, a, b) in phases.items():
+        rows = attribute(trials, waits, timeline, registrant, postmaster, runner_pids)
+        table = summarize(rows)
+        kthreads = kernel_thread_share(switches, a, b, os.cpu_count() or 1)
+        stat = next(r for r in result["summary"] if r["metric"] == metric)
+        slow = sorted(rows, key=lambda r: -r["total_ms"])[:max(1, len(rows) // 100)]
+        print_phase(phase, rows, table, slow, kthreads, stat, lost)
+        saved_rows += [{"phase": phase, **r} for r in table]
+        meta_phases[phase] = {"metric": metric, "median_ms": stat["median"], "p99_ms": stat["p99"],
+                              "n": stat["n"], "kernel_threads": kthreads,
+                              "slowest": [{"total_ms": r["total_ms"], "culprits_ms": dict(r["culprits"])}
+                                          for r in slow]}
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "bench_tail.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(table[0]))
+            w = csv.DictWriter(f, fieldnames=list(saved_rows[0]))
             w.writeheader()
-            for r in table:
+            for r in saved_rows:
                 w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-        meta = {**result["metadata"], "start_median_ms": start["median"], "start_p99_ms": start["p99"],
-                "lost_trace_events": lost, "kernel_threads": kthreads,
-                "slowest": [{"total_ms": r["total_ms"], "culprits_ms": dict(r["culprits"])} for r in slow]}
+        meta = {**result["metadata"], "lost_trace_events": lost, "phases": meta_phases}
         (out / "bench_tail.meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         print(f"\nsaved {out / 'bench_tail.csv'} (+ .meta.json)")
     if not args.keep_trace:
