@@ -129,7 +129,7 @@ def test_samples_targets_decomposition_and_metadata(quick_run):
 
     meta = json.loads((out / "bench_quick.meta.json").read_text())
     for key in ("date_utc", "cpu_count", "python", "commit", "loadavg_start", "loadavg_end",
-                "loadavg_1min_during", "plan", "heap", "shared_machine"):
+                "loadavg_1min_during", "plan", "heap", "busy_processes_at_start", "busy_phase"):
         assert key in meta, key
     assert meta["plan"]["mode"] == "quick" and meta["cpu_count"] >= 1
     assert meta["heap"]["heavy"]["rss_mb"] - meta["heap"]["heavy"]["rss_before_mb"] > 150
