@@ -51,9 +51,11 @@ on the fd.  It is not started for main-thread waits on purpose: a second Python 
 woken by the same signal fights the waiter for the GIL, and on a 2-core machine the
 waiter that loses that hand-off can queue for a millisecond behind the worker that was
 just forked (seen in scheduler traces; waiting here instead took the start's p90 from
-1.36 to 0.86 ms in an A/B of 2,400 starts each).  Postmaster death
-is a second fd in the same ``poll()``: a pidfd of the postmaster, readable once it exits
-(``PidfdWatch``), so a waiter never has to poll a timer to notice it.
+1.36 to 0.86 ms in an A/B of 2,400 starts each).
+
+Postmaster death is a second fd in the same ``poll()``: a pidfd of the postmaster,
+readable once it exits (``Backend._pm_fd``), so a waiter never has to poll a timer to
+notice it.
 
 Siblings here, to compare in notebook 08: ``EventfdLatch`` (one fd, 8-byte counter),
 ``PipeLatch`` (two fds, the classic self-pipe), and ``PollingWait`` (no latch at all:
