@@ -130,10 +130,7 @@ DEATH_STAGES = (
     ("notified", "woke", "signal -> registrant awake, reads slot"),
     ("woke", "t3", "registrant: log 'woke', return"),
 )
-FAIL_STAGES = (
-    ("t0", "registered", "registrant: validate, lock, write slot"),
-    ("registered", "request_seen", "registrant logs+signals; postmaster wakes"),
-    ("request_seen", "fork_attempted", "postmaster: check+copy spec, log, pick"),
+FAIL_STAGES = START_STAGES[:3] + (  # the same request, then the fork that fails
     ("fork_attempted", "fork_failed", "the (injected) failing fork call"),
     ("fork_failed", "unregistered", "postmaster: log, free the slot"),
     ("unregistered", "notified", "postmaster: log, find backend"),

@@ -22,8 +22,8 @@ order, so that a disturbance of the machine hits all of them alike):
   has a phase of its own because 1,000 live Python processes slow down every fork on
   the machine, not only their own cluster's: each shares libpython's mappings, and the
   kernel's reverse-map walks over them (here: kdamond) hold the mapping lock that fork()
-  needs (``tail_trace.py`` shows it; in one run with them alive the start p99 went from
-  1.3 to 4-7 ms);
+  needs (``tail_trace.py`` shows it: with them alive during the main rounds, the base
+  cluster's start p99 was 4.3-7.0 ms instead of 1.3 ms, 120 rounds, twice each way);
 * at the end: the latency decomposition from the base cluster's event log, the issue's
   targets, and the cost of one event (``bench_events.py``).
 
@@ -272,27 +272,33 @@ class Bench:
         self.sample_rows.append((metric, rnd, value))
 
     # -- tasks ------------------------------------------------------------------------------------
+    def timed_tasks(self, runner, cluster, suffix, reps, keep=("start", "running", "death"),
+                    trials: list | None = None) -> list:
+        """`reps` timed start/stop trials of `runner` on `cluster`; each response is also
+        appended to `trials` if given (for the decomposition and tail_trace.py)."""
+        def record(res, rnd):
+            ms = {"start": (res["t1"] - res["t0"]) / 1e6,
+                  "running": (res["t_run"] - res["t0"]) / 1e6,
+                  "death": (res["t3"] - res["t_last"]) / 1e6}
+            for k in keep:
+                self.add(f"bgwlab.{k}{suffix}", ms[k], rnd)
+            if trials is not None:
+                trials.append(res)
+        return [(runner, {"op": "timed", "cluster": cluster}, record)] * reps
+
     def tasks(self) -> list:
         """(runner, command, record) triples for one round; record(response, round)."""
         p = self.plan
         out = []
 
-        def timed(runner, cluster, suffix, reps, keep=("start", "running", "death"), trace=False):
-            def record(res, rnd):
-                ms = {"start": (res["t1"] - res["t0"]) / 1e6,
-                      "running": (res["t_run"] - res["t0"]) / 1e6,
-                      "death": (res["t3"] - res["t_last"]) / 1e6}
-                for k in keep:
-                    self.add(f"bgwlab.{k}{suffix}", ms[k], rnd)
-                if trace:
-                    self.trials["start"].append(res)
-            out.extend([(runner, {"op": "timed", "cluster": cluster}, record)] * reps)
+        def timed(*args, **kw):
+            out.extend(self.timed_tasks(*args, **kw))
 
-        def fail(runner, cluster, suffix, reps, trace=False):
+        def fail(runner, cluster, suffix, reps, trials=None):
             def record(res, rnd):
                 self.add(f"bgwlab.fail{suffix}", (res["t1"] - res["t0"]) / 1e6, rnd)
-                if trace:
-                    self.trials["fail"].append(res)
+                if trials is not None:
+                    trials.append(res)
             out.extend([(runner, {"op": "fail", "cluster": cluster}, record)] * reps)
 
         def peer(runner, name, suffix, reps):
@@ -301,12 +307,12 @@ class Bench:
                 self.add(f"{name}.death{suffix}", (res["t3"] - res["t_last"]) / 1e6, rnd)
             out.extend([(runner, {"op": "trial", "name": name}, record)] * reps)
 
-        timed("lean", "base", "", p.base_reps, trace=True)
+        timed("lean", "base", "", p.base_reps, trials=self.trials["start"])
         timed("heavy", "base", ".heap200", p.base_reps)
         timed("lean", "log_off", ".log_off", p.base_reps, keep=("start", "death"))
         for v in ("mw64", "mw256", "mw1024"):
             timed("lean", v, f".{v}", p.variant_reps, keep=("start", "death"))
-        fail("lean", "base", "", p.fail_reps, trace=True)
+        fail("lean", "base", "", p.fail_reps, trials=self.trials["fail"])
         fail("heavy", "base", ".heap200", p.fail_reps)
         fail("lean", "log_off", ".log_off", p.fail_reps)
         for name in ("raw_fork", "mp_fork"):
@@ -340,30 +346,22 @@ class Bench:
 
         p = self.plan
         name = p.busy_variant
-        self.meta["busy_phase_t_begin_ns"] = time.monotonic_ns()
-        t0 = time.monotonic()
+        t_begin = time.monotonic_ns()
         self.clusters[name] = Cluster.start(max_workers=1024, preload=PRELOAD)
         self._fill_busy(self.clusters[name], p.busy_workers)
         self.runners["lean"].call(op="attach", clusters={name: [str(self.clusters[name].directory), True]})
         self.meta["busy_phase"] = {"workers": p.busy_workers, "rounds": p.busy_rounds,
-                                   "fill_s": round(time.monotonic() - t0, 1)}
-        out = []
+                                   "t_begin_ns": t_begin,
+                                   "fill_s": round((time.monotonic_ns() - t_begin) / 1e9, 1)}
         self.trials["busy_phase"] = []
-        for cluster, suffix in ((name, f".{name}"), ("base", ".busy_phase")):
-            def record(res, rnd, suffix=suffix):
-                self.add(f"bgwlab.start{suffix}", (res["t1"] - res["t0"]) / 1e6, rnd)
-                self.add(f"bgwlab.death{suffix}", (res["t3"] - res["t_last"]) / 1e6, rnd)
-                if suffix == ".busy_phase":
-                    self.trials["busy_phase"].append(res)  # for tail_trace.py
-            out.extend([({"op": "timed", "cluster": cluster}, record)] * p.variant_reps)
-        lean = self.runners["lean"]
-        for cmd, _ in out:
-            lean.call(**cmd)  # warm-up
+        keep = ("start", "death")
+        tasks = (self.timed_tasks("lean", name, f".{name}", p.variant_reps, keep)
+                 + self.timed_tasks("lean", "base", ".busy_phase", p.variant_reps, keep,
+                                    trials=self.trials["busy_phase"]))
+        self.warm_up(tasks)
         t_measure = time.monotonic_ns()
         for rnd in range(p.rounds + 1, p.rounds + 1 + p.busy_rounds):
-            self.rng.shuffle(out)
-            for cmd, record in out:
-                record(lean.call(**cmd), rnd)
+            self.run_round(tasks, rnd)
         self.meta["busy_phase"]["window_ns"] = [t_measure, time.monotonic_ns()]
 
     def fault_probe(self, n: int = 100) -> float:
@@ -394,6 +392,19 @@ class Bench:
             elapsed = (max(r["t_done"] for r in results) - t_begin) / 1e9
             self.add(metric, sum(r["count"] for r in results) / elapsed, rnd)
 
+    def warm_up(self, tasks: list) -> None:
+        """Each distinct (runner, command) once, unrecorded: first forks, forkserver, imports."""
+        for runner, cmd, _ in {(r, json.dumps(c, sort_keys=True)): (r, c, None)
+                               for r, c, _ in tasks}.values():
+            self.runners[runner].call(**cmd)
+
+    def run_round(self, tasks: list, rnd: int) -> None:
+        """Every task once, in a shuffled order, each response recorded."""
+        order = list(tasks)
+        self.rng.shuffle(order)
+        for runner, cmd, record in order:
+            record(self.runners[runner].call(**cmd), rnd)
+
     # -- the whole run ----------------------------------------------------------------------------
     def run(self) -> dict:
         p = self.plan
@@ -404,19 +415,14 @@ class Bench:
         try:
             self.setup()
             tasks = self.tasks()
-            for runner, cmd, _ in {(r, json.dumps(c, sort_keys=True)): (r, c, None)
-                                   for r, c, _ in tasks}.values():
-                self.runners[runner].call(**cmd)  # warm-up: first forks, forkserver, imports
+            self.warm_up(tasks)
             rounds = range(1, p.rounds + 1)
             if self.progress:
                 from tqdm.auto import tqdm
 
                 rounds = tqdm(rounds, desc=f"bench ({p.mode})", unit="round", file=sys.stderr)
             for rnd in rounds:
-                order = list(tasks)
-                self.rng.shuffle(order)
-                for runner, cmd, record in order:
-                    record(self.runners[runner].call(**cmd), rnd)
+                self.run_round(tasks, rnd)
                 if rnd % p.cycles_every == 0:
                     self.run_cycles(rnd)
                 self.loads.append(os.getloadavg()[0])

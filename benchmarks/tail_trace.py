@@ -110,7 +110,7 @@ class Tracer:
         if self.trigger:
             self._write("events/sched/sched_switch/trigger", "!" + self.trigger)
         self._write("trace", "")
-        self._write("set_event", "")
+        self._write("set_event", self.saved.get("set_event", ""))
         clock = re.search(r"\[(\w+)\]", self.saved.get("trace_clock", "[local]")).group(1)
         self._write("trace_clock", clock)
         self._write("buffer_size_kb", self.saved.get("buffer_size_kb", "1408").split()[0])
@@ -142,15 +142,18 @@ def parse(path: Path):
     switches, wakeups, lost = [], [], 0
     last_d_switch = {}  # pid -> index in switches of its latest D-state switch-out
     frames, owner = None, None
+
+    def end_of_stack():  # the stack's frames are complete: name the owner's call site
+        if frames is not None and owner is not None:
+            switches[owner] = (*switches[owner][:-1], where_blocked(frames))
+
     with open(path, errors="replace") as f:
         for line in f:
             if frames is not None:
                 if line.startswith(" => "):
                     frames.append(line[4:].strip())
                     continue
-                if owner is not None:
-                    t, *rest = switches[owner]
-                    switches[owner] = (t, *rest[:-1], where_blocked(frames))
+                end_of_stack()
                 frames, owner = None, None
             if line.startswith("#"):
                 if "LOST" in line:
@@ -175,9 +178,7 @@ def parse(path: Path):
                 w = WAKE.search(m["rest"])
                 if w:  # the line's own task is the waker
                     wakeups.append((t, int(w["p"]), int(w["cpu"]), m["comm"], int(m["pid"])))
-    if frames is not None and owner is not None:
-        t, *rest = switches[owner]
-        switches[owner] = (t, *rest[:-1], where_blocked(frames))
+    end_of_stack()
     switches.sort()
     wakeups.sort()
     return switches, wakeups, lost
@@ -396,7 +397,7 @@ def main(argv=None) -> int:
     waits = wait_intervals(switches, wakeups, {registrant, postmaster})
     timeline = CpuTimeline(switches)
     runner_pids = set(bench.runner_pids.values())
-    busy_begin = result["metadata"]["busy_phase_t_begin_ns"]  # windows for the kernel-thread share
+    busy_begin = result["metadata"]["busy_phase"]["t_begin_ns"]  # windows for the kernel-thread share
     phases = {
         "main rounds": (bench.trials["start"], "bgwlab.start", t_begin, busy_begin),
         f"busy phase ({plan.busy_workers} sleepers alive)": (

@@ -316,10 +316,8 @@ class SignalDispatcher:
             return latch.wait(timeout, also)
         ready = latch.wait(timeout, (*also, r))
         if r in ready:
-            self.drain()
+            self.drain()  # sets the latch if a SIGUSR1 was in the pipe; the caller looks again
             ready.remove(r)
-            if latch.fileno() not in ready:
-                ready.append(latch.fileno())
         return ready
 
     # -- latches ----------------------------------------------------------------------------

@@ -46,8 +46,8 @@ The three strategies (sibling classes, one method ``wait(backend, handle, spec)`
 
 Every strategy measures time-to-verdict from the registration (``handle.registered_ns``)
 and the CPU time this process spent while waiting (``time.process_time``, which includes
-the signal dispatcher's fan-out thread, if a waiter outside the main thread started it).  Each verdict is also
-recorded in the cluster's event log as a ``verdict`` event.
+the signal dispatcher's fan-out thread, if a waiter outside the main thread started it).
+Each verdict is also recorded in the cluster's event log as a ``verdict`` event.
 
 This module is imported by the postmaster (``PRELOAD``) so that forked workers find
 :func:`sentinel_worker` already loaded: it imports nothing heavy at module level.
