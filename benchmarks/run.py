@@ -256,11 +256,15 @@ class Bench:
                 raise BenchError(f"only {len(cluster.worker_pids())} of {n} busy workers started")
             time.sleep(0.02)
 
-    def teardown(self) -> list:
+    def teardown(self, keep: bool = False) -> list:
+        """Stop the runners and clusters.  `keep`: leave the clusters' directories (the
+        evidence of a failed run) and say where they are."""
         for r in self.runners.values():
             r.close()
         base_events = []
         for name, c in self.clusters.items():
+            if keep:
+                self.log(f"bench: kept cluster {name!r} for inspection: {c.keep()}", file=sys.stderr)
             c.stop()
             if name == "base":
                 base_events = c.events()
@@ -412,6 +416,7 @@ class Bench:
         self.meta.update(machine_metadata())
         self.meta["plan"] = asdict(p)
         self.meta["seed"] = self.seed
+        failed = True
         try:
             self.setup()
             tasks = self.tasks()
@@ -428,8 +433,9 @@ class Bench:
                 self.loads.append(os.getloadavg()[0])
             self.meta["postmaster_minor_faults_per_cycle"] = self.fault_probe()
             self.run_busy_phase()
+            failed = False
         finally:
-            events = self.teardown()
+            events = self.teardown(keep=failed)
         from bench_events import measure
 
         for shape, xs in measure(p.event_n).items():

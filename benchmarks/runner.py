@@ -35,6 +35,16 @@ def _sleep_until(t_ns: int) -> None:
         time.sleep(left / 1e9)
 
 
+def unexpected(h, what: str) -> str:
+    """`what`, with the evidence: the event log of the handle's worker and the postmaster's
+    output (where a worker that failed before it could log leaves its traceback)."""
+    try:
+        log = (h.backend.directory / "postmaster.log").read_text(errors="replace")[-3000:]
+    except OSError as e:
+        log = f"(unreadable: {e})"
+    return f"{what}\n{h.explain()}\npostmaster.log (tail):\n{log or '  (empty)'}"
+
+
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -107,14 +117,14 @@ class Registrant:
         status, pid = h.wait_for_startup()
         t1 = _ns()
         if status is not HandleStatus.STARTED:
-            raise RuntimeError(f"timed worker did not start: {status}")
+            raise RuntimeError(unexpected(h, f"timed worker did not start: {status}"))
         t_main = int.from_bytes(_read_exact(self.stamp_fd, STAMP), "little")
         t_run = _ns()
         os.write(self.go_fd, b"g")
         status = h.wait_for_shutdown()
         t3 = _ns()
         if status is not HandleStatus.STOPPED:
-            raise RuntimeError(f"timed worker did not stop: {status}")
+            raise RuntimeError(unexpected(h, f"timed worker did not stop: {status}"))
         t_last = int.from_bytes(_read_exact(self.stamp_fd, STAMP), "little")
         return {"slot": h.slot, "generation": h.generation, "pid": pid, "t0": t0, "t1": t1,
                 "t_main": t_main, "t_run": t_run, "t_last": t_last, "t3": t3}
@@ -129,7 +139,7 @@ class Registrant:
         status, _ = h.wait_for_startup()
         t1 = _ns()
         if status is not HandleStatus.STOPPED:
-            raise RuntimeError(f"failed start was reported as {status}")
+            raise RuntimeError(unexpected(h, f"failed start was reported as {status}"))
         return {"slot": h.slot, "generation": h.generation, "t0": t0, "t1": t1}
 
     def cycles(self, cluster: str, t_begin: int, duration_s: float) -> dict:

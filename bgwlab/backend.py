@@ -311,6 +311,21 @@ class WorkerHandle:
     def status(self) -> HandleStatus:
         return self.get_pid()[0]
 
+    def history(self) -> list:
+        """What the cluster's event log says happened to this worker (its slot and
+        generation), in time order: the evidence to show when a status surprises you."""
+        from .events import read_events, slot_history
+
+        return slot_history(read_events(self.backend.directory / "events.jsonl"), self.slot,
+                            self.generation)
+
+    def explain(self) -> str:
+        """``history()`` as text, headed by the handle: for assertion and error messages."""
+        from .events import format_events
+
+        return (f"worker {self.name!r} slot {self.slot} generation {self.generation} of "
+                f"{self.backend.directory}:\n{format_events(self.history())}")
+
     def terminate(self) -> None:
         """TerminateBackgroundWorker: ask the postmaster to stop (or never start) it.  Returns at once.
 

@@ -89,6 +89,7 @@ class Cluster:
         self._backends: list[Backend] = []
         self._final_events: list[Event] | None = None
         self._stopped = False
+        self.keep_directory = False  # True: stop() leaves the directory (and its event log) behind
 
     @classmethod
     def start(cls, max_workers: int = 8, directory=None, *, max_backends: int = 64,
@@ -222,7 +223,7 @@ class Cluster:
             b.detach()
         self._backends.clear()
         self._final_events = read_events(self.events_path)
-        if self._owns_directory:
+        if self._owns_directory and not self.keep_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
         else:
             for name in _STATE_FILES:
@@ -232,6 +233,12 @@ class Cluster:
                     pass
 
     close = stop
+
+    def keep(self) -> Path:
+        """Keep the directory when the cluster stops -- the evidence of an unexpected outcome
+        (the event log, ``postmaster.log``).  Returns its path."""
+        self.keep_directory = True
+        return self.directory
 
     def __enter__(self) -> Cluster:
         return self

@@ -66,6 +66,31 @@ def write_jsonl(events, path: str | os.PathLike) -> None:
             f.write(json.dumps(e.to_dict(), sort_keys=True) + "\n")
 
 
+def slot_history(events, slot: int, generation: int) -> list[Event]:
+    """The events of one worker: those of `slot` and `generation`, in time order."""
+    return [e for e in events if e.slot == slot and e.generation == generation]
+
+
+def format_events(events, *, t0_ns: int | None = None) -> str:
+    """Events as text, one per line: ms since the first (or `t0_ns`), kind, source, pid, detail.
+
+    For assertion messages and failure reports: what the log says happened.
+    """
+    events = list(events)
+    if not events:
+        return "  (no events)"
+    t0 = events[0].t_ns if t0_ns is None else t0_ns
+    lines = []
+    for e in events:
+        detail = " ".join(f"{k}={v!r}" for k, v in e.detail.items() if k != "traceback")
+        lines.append(f"  {(e.t_ns - t0) / 1e6:10.3f} ms  {e.kind:<18} {e.source:<10} pid {e.pid:<7} "
+                     f"slot {e.slot} gen {e.generation}  {detail}".rstrip())
+        tb = e.detail.get("traceback")
+        if tb:
+            lines.extend("      | " + line for line in str(tb).rstrip().splitlines())
+    return "\n".join(lines)
+
+
 def to_dataframe(events):
     """Events as a pandas DataFrame (one row per event, detail kept as a dict column)."""
     import pandas as pd

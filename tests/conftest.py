@@ -92,6 +92,63 @@ def no_leaks(request):
             pytest.fail(f"test leaked file descriptors: {targets}")
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"_bgwlab_{report.when}_failed", report.failed)
+    return report
+
+
+@pytest.fixture(autouse=True)
+def keep_evidence_of_failures(request, monkeypatch):
+    """A failed test keeps the directories of the clusters it started, and its report shows
+    their event logs and postmaster output; a passed test's directories are removed.
+
+    Set up after module-scoped fixtures, so only clusters started by the test itself (and
+    its function-scoped fixtures) are covered.
+    """
+    from bgwlab import cluster as cluster_mod
+
+    started = []
+    real_start = cluster_mod.Cluster.start.__func__
+
+    def start(cls, *args, **kwargs):
+        c = real_start(cls, *args, **kwargs)
+        c.keep_directory = True
+        started.append(c)
+        return c
+
+    monkeypatch.setattr(cluster_mod.Cluster, "start", classmethod(start))
+    yield
+    failed = getattr(request.node, "_bgwlab_call_failed", False) or getattr(
+        request.node, "_bgwlab_setup_failed", False)
+    for c in started:
+        if not c._stopped:
+            c.stop()
+        if failed:
+            report_cluster(c)
+        elif c._owns_directory:
+            import shutil
+
+            shutil.rmtree(c.directory, ignore_errors=True)
+
+
+def report_cluster(c) -> None:
+    """Print where a failed test's cluster is kept, its event log and its postmaster output."""
+    import sys
+
+    from bgwlab.events import format_events
+
+    try:
+        log = (c.directory / "postmaster.log").read_text(errors="replace")[-4000:]
+    except OSError as e:
+        log = f"(unreadable: {e})"
+    events = c.events()
+    sys.stderr.write(f"\n=== bgwlab cluster kept for inspection: {c.directory}\n"
+                     f"--- event log ({len(events)} events; the last 200)\n"
+                     f"{format_events(events[-200:])}\n--- postmaster.log (tail)\n{log}\n")
+
+
 @pytest.fixture
 def cluster():
     from bgwlab import Cluster
