@@ -3,6 +3,7 @@
 * ``quick_mode()`` -- ``BGWLAB_QUICK=1`` means small trial counts everywhere.
 * ``event_table(events, ...)`` -- events as a DataFrame with times in ms from a reference.
 * ``time_until_gone(pids, since_ns)`` -- when each process exited (pidfds, no polling).
+* ``wait_for_event(cluster, kind, handle)`` -- wait until the log has such an event.
 * Notebook 08, how a latch works:
   ``race_demo()`` shows the lost wakeup of a bare signal next to a latch, and
   ``measure_wakeups()`` / ``plot_wakeups()`` measure how fast (and how cheaply) a waiter
@@ -22,8 +23,8 @@ import sys
 import threading
 import time
 
-__all__ = ["quick_mode", "event_table", "time_until_gone", "race_demo", "measure_wakeups",
-           "plot_wakeups", "SIGNAL_MECHANISMS", "EXIT_MECHANISMS"]
+__all__ = ["quick_mode", "event_table", "time_until_gone", "wait_for_event", "race_demo",
+           "measure_wakeups", "plot_wakeups", "SIGNAL_MECHANISMS", "EXIT_MECHANISMS"]
 
 
 def quick_mode() -> bool:
@@ -48,6 +49,24 @@ def event_table(events, slot: int | None = None, generation: int | None = None,
               detail=", ".join(f"{k}={v}" for k, v in e.detail.items() if k != "traceback"))
          for e in rows],
         columns=["t_ms", "kind", "source", "pid", "slot", "generation", "detail"])
+
+
+def wait_for_event(cluster, kind: str, handle=None, timeout: float = 10.0):
+    """The first event of `kind` in `cluster`'s log (of `handle`'s slot and generation, if
+    given), waiting up to `timeout` seconds for it to be written; TimeoutError after that.
+
+    For what no handle call waits for, e.g. ``reached_main`` (the worker ran its first line).
+    The log is a file: this looks every 10 ms.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        for e in cluster.events():
+            if e.kind == kind and (handle is None or (e.slot, e.generation) == (handle.slot, handle.generation)):
+                return e
+        if time.monotonic() > deadline:
+            whose = f" for slot {handle.slot} generation {handle.generation}" if handle is not None else ""
+            raise TimeoutError(f"no {kind!r} event{whose} after {timeout:g} s")
+        time.sleep(0.01)
 
 
 def time_until_gone(pids, since_ns: int, timeout: float = 10.0) -> dict:

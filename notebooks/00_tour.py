@@ -93,8 +93,8 @@ table
 
 # %%
 t = table.set_index("kind").t_ms
-print(f"registered -> the kernel woke up knowing the pid: {t['woke'].iloc[0] - t['registered']:.2f} ms")
-print(f"registered -> the worker ran its first line:       {t['reached_main'] - t['registered']:.2f} ms")
+print(f"registered -> the kernel woke up knowing the answer: {t['woke'].iloc[0] - t['registered']:.2f} ms")
+print(f"registered -> the worker ran its first line:         {t['reached_main'] - t['registered']:.2f} ms")
 
 # %% [markdown]
 # ## The figure: one worker's life, lane by lane
@@ -108,8 +108,10 @@ plot_timeline(events, ax=ax, slots=[handle.slot]);
 # %% [markdown]
 # Read it from left to right: the backend (us) **registered** the worker and signalled the
 # postmaster; the postmaster **saw the request**, **forked**, and **notified** us; we
-# **woke** with the pid. The worker **reached main** (our code) on its own schedule —
-# sometimes after we already woke. That ordering is the subject of notebook 01.
+# **woke** with the pid (`STARTED`). The worker **reached main** (our code) on its own
+# schedule — sometimes after we already woke. That ordering is the subject of notebook 01.
+# (Had this kernel been slower than the worker's 50 ms — a busy machine — it would have
+# woken to `STOPPED, None` instead: the worker was already over, and the handle says so.)
 
 # %% [markdown]
 # ## How to use the kit

@@ -42,7 +42,7 @@ import matplotlib.pyplot as plt
 
 from bgwlab import Cluster, Fault, WorkerSpec
 from bgwlab.plots import plot_timeline
-from bgwlab.teaching import event_table, quick_mode
+from bgwlab.teaching import event_table, quick_mode, wait_for_event
 
 QUICK = quick_mode()
 cluster = Cluster.start(max_workers=2)   # only two slots: reuse comes quickly
@@ -52,15 +52,17 @@ backend = cluster.connect()
 # ## 1. Statuses, from the first microsecond
 #
 # The postmaster is quick: it often forks before our next line runs. To catch the worker
-# before its start, this one asks the postmaster to wait 0.1 s before forking.
+# before its start, this one asks the postmaster to wait 0.1 s before forking. It runs
+# until told to stop (`sleep_forever`), so that it is surely still running when we look.
 
 # %%
 h = backend.register_dynamic_worker(
-    WorkerSpec(name="sleeper", entry="bgwlab.examples:sleep_ms", main_arg=200,
+    WorkerSpec(name="sleeper", entry="bgwlab.examples:sleep_forever",
                fault=Fault.slow_start(0.1, where="postmaster")))
 print("right after register:", h.get_pid())
 print("wait_for_startup:    ", h.wait_for_startup())
 print("get_pid while it runs:", h.get_pid())
+h.terminate()
 print("wait_for_shutdown:   ", h.wait_for_shutdown())
 print("get_pid afterwards:  ", h.get_pid())
 
@@ -68,6 +70,12 @@ print("get_pid afterwards:  ", h.get_pid())
 # `NOT_YET_STARTED` means the slot's pid is still -1: the postmaster has not forked yet.
 # It is the one status `wait_for_startup()` never returns (without a timeout): the wait
 # exists precisely to sleep through it.
+#
+# `STARTED` is not guaranteed either. A worker that ends by itself quickly (returns at
+# once, fails, crashes) may be over before the registrant wakes: `wait_for_startup()` then
+# returns `(STOPPED, None)` — truthfully, as PostgreSQL's `WaitForBackgroundWorkerStartup`
+# does when the pid is already 0. That is why this notebook's workers that must be seen
+# running run until `terminate()`.
 
 # %% [markdown]
 # ## 2. What `STARTED` does not promise
@@ -78,10 +86,12 @@ print("get_pid afterwards:  ", h.get_pid())
 
 # %%
 slow = backend.register_dynamic_worker(
-    WorkerSpec(name="slowpoke", entry="bgwlab.examples:sleep_ms", main_arg=50,
+    WorkerSpec(name="slowpoke", entry="bgwlab.examples:sleep_forever",
                fault=Fault.slow_start(0.5, where="worker")))
 status, pid = slow.wait_for_startup()
 print(status.name, pid)
+wait_for_event(cluster, "reached_main", slow)   # no handle call waits for this: the log tells
+slow.terminate()
 slow.wait_for_shutdown()
 t = event_table(cluster.events(), slot=slow.slot, generation=slow.generation)
 t[t.kind.isin(["registered", "forked", "woke", "reached_main", "exited"])]
@@ -98,8 +108,8 @@ t[t.kind.isin(["registered", "forked", "woke", "reached_main", "exited"])]
 
 # %%
 old = h                                          # the sleeper from section 1: gone
-a = backend.register_dynamic_worker(WorkerSpec(name="next-1", entry="bgwlab.examples:sleep_ms", main_arg=100))
-b = backend.register_dynamic_worker(WorkerSpec(name="next-2", entry="bgwlab.examples:sleep_ms", main_arg=100))
+a = backend.register_dynamic_worker(WorkerSpec(name="next-1", entry="bgwlab.examples:sleep_forever"))
+b = backend.register_dynamic_worker(WorkerSpec(name="next-2", entry="bgwlab.examples:sleep_forever"))
 for name, x in [("old", old), ("a", a), ("b", b)]:
     print(f"{name:>3}: slot {x.slot}, generation {x.generation}")
 print("old handle now reads:", old.get_pid(), "| a reads:", a.wait_for_startup())
@@ -107,6 +117,8 @@ print("old handle now reads:", old.get_pid(), "| a reads:", a.wait_for_startup()
 # %%
 old.terminate()   # a stale handle: a no-op, it cannot touch the new occupant of its slot
 print("after old.terminate(): a =", a.get_pid()[0].name, "| b =", b.get_pid()[0].name)
+a.terminate()                                    # their own handles do stop them
+b.terminate()
 print(a.wait_for_shutdown().name, b.wait_for_shutdown().name)
 
 # %% [markdown]

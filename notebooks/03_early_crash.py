@@ -61,7 +61,7 @@ KINDS = ["registered", "forked", "woke", "early_crash", "exited", "crash_restart
 # %%
 h = backend.register_dynamic_worker(
     WorkerSpec(name="fragile", entry="bgwlab.examples:sleep_ms", main_arg=100,
-               fault=Fault.crash_before_main(exit_code=1)))
+               fault=Fault.slow_start(0.2) | Fault.crash_before_main(exit_code=1)))
 print("wait_for_startup  ->", h.wait_for_startup())
 print("wait_for_shutdown ->", h.wait_for_shutdown())
 t = event_table(cluster.events(), slot=h.slot, generation=h.generation)
@@ -71,7 +71,13 @@ t[t.kind.isin(KINDS)]
 # The handle said `STARTED` with a pid — truthfully: the fork worked. The worker never
 # reached main (`early_crash`, then `exited` with code 1). A registrant that stops at
 # `wait_for_startup()` believes it has a worker. One that keeps listening hears the exit
-# a few milliseconds later, because notification covers *every* exit.
+# 0.2 s later, because notification covers *every* exit.
+#
+# (The worker lingers 0.2 s before it dies — `Fault.slow_start(0.2)` — so that this kernel,
+# woken by the fork, reads the handle while the process still exists. It is a race all
+# the same: a registrant that wakes only after the death — on a very busy machine — reads
+# `STOPPED, None`, also truthfully, as in PostgreSQL, where the slot's pid is already 0.
+# Either way the event log shows `forked`, then `exited`.)
 
 # %% [markdown]
 # ## 2. The same failure, genuinely: an entry point that does not exist
@@ -161,7 +167,7 @@ cluster.stop()
 # The timeout registrant: after 5 s (and it cannot say *why*). The `wait_for_startup()`-only
 # registrant: never — it was told `STARTED` and believes the worker runs. Only the one that
 # keeps waiting on the handle (or for a sign-in, woken by the exit notification) learns the
-# truth in milliseconds.
+# truth as soon as the worker dies: milliseconds after it, here 0.2 s after the fork.
 # </details>
 #
 # 2. Why does one crashing worker take the bystanders down, while an exit(1) does not?

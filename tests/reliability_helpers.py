@@ -47,7 +47,7 @@ def make_spec(kind: str, name: str | None = None, notify: bool = True):
         "forever": dict(entry="bgwlab.examples:sleep_forever"),
         "exit0": dict(entry="bgwlab.examples:noop"),
         "sleep": dict(entry="bgwlab.examples:sleep_ms", main_arg=20),
-        "sleep5": dict(entry="bgwlab.examples:sleep_ms", main_arg=5),  # reliably seen STARTED
+        "sleep5": dict(entry="bgwlab.examples:sleep_ms", main_arg=5),  # STARTED or, if over already, STOPPED
         "exit1": dict(entry="bgwlab.examples:fail"),
         "exit1_restart": dict(entry="bgwlab.examples:fail", restart=0.1),
         "crash": dict(entry="bgwlab.examples:exit_with", main_arg=3),

@@ -14,12 +14,17 @@ from bgwlab import (NEVER_RESTART, Cluster, HandleStatus, OutOfWorkerSlots, Work
 from bgwlab.shmem import Segment
 
 from conftest import wait_until
+from startup_verdicts import check_startup_verdict
 
 STARTED, STOPPED, NOT_YET = HandleStatus.STARTED, HandleStatus.STOPPED, HandleStatus.NOT_YET_STARTED
 
 
 def spec(entry="bgwlab.examples:sleep_ms", arg=0, **kw):
     return WorkerSpec(name=kw.pop("name", "t"), entry=entry, main_arg=arg, **kw)
+
+
+def evs_of(cluster, slot, generation):
+    return [e for e in cluster.events() if (e.slot, e.generation) == (slot, generation)]
 
 
 def kinds(cluster, slot=None, generation=None):
@@ -56,17 +61,30 @@ def test_start_in_given_directory_keeps_events_and_refuses_a_second_cluster(tmp_
 
 
 def test_worker_starts_runs_user_code_and_exit0_unregisters(cluster, backend):
-    h = backend.register_dynamic_worker(spec(arg=500, extra=b"hello"))
-    status, pid = h.wait_for_startup()
+    # A worker that runs until terminated: STARTED, and its pid is a live child of the postmaster.
+    running = backend.register_dynamic_worker(spec("bgwlab.examples:sleep_forever", extra=b"hello"))
+    status, pid = running.wait_for_startup()
     assert status is STARTED and pid > 0
     w = psutil.Process(pid)
     assert w.ppid() == cluster.postmaster_pid
-    assert h.get_pid() == (STARTED, pid)
+    assert running.get_pid() == (STARTED, pid)
+    wait_until(lambda: any(e.kind == "reached_main" and e.pid == pid
+                           for e in evs_of(cluster, running.slot, running.generation)),
+               what="the worker to reach user code")
+    running.terminate()
+    assert running.wait_for_shutdown() is STOPPED
+    assert running.get_pid() == (STOPPED, None)
+    # A worker that ends by itself with exit 0 (it may be over before we wake: either
+    # verdict, checked against the log).
+    h = backend.register_dynamic_worker(spec(arg=20, extra=b"hello"))
+    forked_pid = check_startup_verdict(cluster, h, h.wait_for_startup())
     assert h.wait_for_shutdown() is STOPPED
     assert h.get_pid() == (STOPPED, None)
     k = kinds(cluster, h.slot, h.generation)
     for kind in ("registered", "request_seen", "forked", "reached_main", "exited", "unregistered"):
         assert kind in k
+    (exited,) = [e for e in evs_of(cluster, h.slot, h.generation) if e.kind == "exited"]
+    assert exited.detail["worker_pid"] == forked_pid and exited.detail["exit_code"] == 0
     # exit 0: unregistered, the slot is free for the next registration, with a newer generation
     h2 = backend.register_dynamic_worker(spec("bgwlab.examples:noop"))
     assert h2.slot == h.slot and h2.generation > h.generation
@@ -75,8 +93,9 @@ def test_worker_starts_runs_user_code_and_exit0_unregisters(cluster, backend):
 
 def test_exit1_with_restart_interval_restarts_with_a_new_pid(cluster, backend):
     h = backend.register_dynamic_worker(spec("bgwlab.examples:fail_then_run", 5000, restart=0.2))
-    s, first_pid = h.wait_for_startup()
-    assert s is STARTED
+    # The first run fails at once: we may wake while it runs (STARTED), after its exit
+    # (STOPPED: pid 0 until the restart), or even after the restart (STARTED, second pid).
+    first_pid = check_startup_verdict(cluster, h, h.wait_for_startup(), exit_code=1)
     # first run raises -> exit 1 -> pid 0 (STOPPED) until the restart, then STARTED again
     wait_until(lambda: "restart_scheduled" in kinds(cluster, h.slot, h.generation), what="restart_scheduled")
     s, second_pid = wait_until(lambda: (lambda r: r if r[0] is STARTED and r[1] != first_pid else None)(h.get_pid()),

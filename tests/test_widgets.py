@@ -177,7 +177,7 @@ def test_cluster_panel_refreshes_itself_and_draws_the_timeline():
     try:
         panel.start_cluster()
         first_image = panel.timeline.value
-        panel.register("sleep 2 s", "no fault")
+        panel.register("sleep forever", "no fault")  # a 2 s worker may be over before a refresh
         # No refresh() call here: the panel's own thread must pick the change up.
         wait_until(lambda: "STARTED" in panel.workers.value, what="auto-refresh of the table")
         wait_until(lambda: "forked" in panel.log.value, what="auto-refresh of the event log")
