@@ -1,12 +1,60 @@
-# bgwlab: `make test` and `make lab` set everything up themselves.
+# bgwlab: `make test` and `make lab` set everything up themselves.  Linux (kernel >= 5.3)
+# only: elsewhere they say what to do instead (WSL 2, the devcontainer, a Linux VM).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup system-deps test lab bench bench-quick bench-tail soak clean
+.PHONY: platform-check setup system-deps test lab bench bench-quick bench-tail soak clean
 
-$(STAMP): pyproject.toml
+# The system as `uname -s` names it.  `make UNAME_S=Darwin lab` shows what a Mac user sees.
+ifndef UNAME_S
+ifeq ($(OS),Windows_NT)
+UNAME_S := Windows_NT
+else
+UNAME_S := $(shell uname -s 2>/dev/null)
+endif
+endif
+
+# The same words as bgwlab/platform_check.py (MACOS, WINDOWS; tests/test_platform.py checks).
+ifeq ($(UNAME_S),Darwin)
+define PLATFORM_HELP
+bgwlab's engine (Cluster, the postmaster) needs Linux, kernel >= 5.3 (for pidfds);
+this is macOS, which has no pidfd_open, eventfd or pipe2.
+What to do on macOS: open the project in its devcontainer (.devcontainer/, with Docker
+Desktop, OrbStack or Colima; VS Code: "Dev Containers: Reopen in Container"), or in a
+Linux VM (UTM, Multipass, Lima), and run `make lab` there.
+(`import bgwlab`, WorkerSpec, Event and read_events do work here.)
+endef
+else ifneq ($(filter MINGW% MSYS% CYGWIN% Windows_NT,$(UNAME_S)),)
+define PLATFORM_HELP
+bgwlab's engine (Cluster, the postmaster) needs Linux, kernel >= 5.3 (for pidfds);
+this is Windows, which has no fork, pidfd_open, eventfd or fcntl.
+What to do on Windows: use WSL 2 (PowerShell: `wsl --install`, then open Ubuntu), clone
+the project inside it (e.g. ~/bgwlab, not under /mnt/c) and run `make lab` there; or open
+it in its devcontainer (.devcontainer/) with Docker Desktop.
+(`import bgwlab`, WorkerSpec, Event and read_events do work here.)
+endef
+else
+define PLATFORM_HELP
+bgwlab's engine (Cluster, the postmaster) needs Linux, kernel >= 5.3 (for pidfds);
+this is $(or $(UNAME_S),a system that uname does not name).
+What to do: use a Linux machine or VM, or the project's devcontainer (.devcontainer/),
+and run `make lab` there.
+(`import bgwlab`, WorkerSpec, Event and read_events do work here.)
+endef
+endif
+
+# Setting up, testing and the lab need Linux: refuse first, with what to do, before
+# installing anything.  (`make` alone still means setup.)
+.DEFAULT_GOAL := $(STAMP)
+platform-check:
+ifneq ($(UNAME_S),Linux)
+	$(info $(PLATFORM_HELP))
+	@exit 1
+endif
+
+$(STAMP): pyproject.toml | platform-check
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[notebooks,dev]'
@@ -15,14 +63,24 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # Debian packages the test suite needs (e.g. Chromium for the browser check).
-system-deps:
+system-deps: platform-check
 	bash scripts/system-deps.sh
 
-test: setup system-deps
+test: platform-check setup system-deps
 	$(PY) -m pytest
 
-lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+# JupyterLab on notebooks/, for root too (CI, containers: Jupyter refuses root without
+# --allow-root), listening on localhost only.  Without a display no browser is opened:
+# open the URL it prints (with its ?token=).  Stop it with Ctrl-C twice.  Overrides, e.g.
+#   make lab LAB_IP=0.0.0.0 LAB_ARGS=--port=9999   # in a container whose port you publish
+#   make lab LAB_BROWSER=                          # try to open a browser anyway
+LAB_IP      ?= localhost
+LAB_BROWSER ?= $(if $(DISPLAY)$(WAYLAND_DISPLAY),,--no-browser)
+LAB_ROOT     = $(if $(filter 0,$(shell id -u)),--allow-root)
+LAB_ARGS    ?=
+
+lab: platform-check setup
+	$(VENV)/bin/jupyter lab --ip=$(LAB_IP) $(LAB_BROWSER) $(LAB_ROOT) $(LAB_ARGS) notebooks/
 
 bench: setup
 	$(PY) benchmarks/run.py

@@ -23,3 +23,16 @@ class TooManyBackends(BgwError):
 
 class NotACluster(BgwError):
     """A directory does not hold a running bgwlab cluster that this process may use."""
+
+
+class UnsupportedPlatform(BgwError):
+    """This system cannot run the engine: not Linux, or a Linux kernel older than 5.3.
+
+    Raised at the first use of the engine (``bgwlab.Cluster``, ``bgwlab.attach``, an import
+    of ``bgwlab.cluster`` ...), before anything Linux-only is imported.  The message says
+    what to do (WSL 2, the devcontainer, a Linux VM, a newer kernel).
+    """
+
+    def _render_traceback_(self):
+        # IPython/Jupyter: show the advice alone; the import machinery frames teach nothing.
+        return [f"{type(self).__name__}: {self}"]

@@ -91,6 +91,12 @@ class Fault:
         return ", ".join(parts) or "no fault"
 
 
+# Signals that stop, continue or are ignored by default: no early crash.  getattr: Windows
+# has none of them, and a Fault must still be buildable there (for reading event logs).
+_HARMLESS_SIGNALS = {getattr(_signal, n) for n in ("SIGSTOP", "SIGCONT", "SIGCHLD", "SIGURG", "SIGWINCH")
+                     if hasattr(_signal, n)}
+
+
 def _check_fault(f: Fault) -> None:
     def bad(msg):
         raise InvalidWorkerSpec(f"invalid fault plan: {msg}")
@@ -108,8 +114,7 @@ def _check_fault(f: Fault) -> None:
         bad(f"exit_code must be 0..255, got {f.crash_exit_code!r}")
     if f.crash_signal and f.crash_signal not in {int(s) for s in _signal.valid_signals()}:
         bad(f"signal {f.crash_signal} is not a valid signal number (use signal.SIGSEGV, ...)")
-    if f.crash_signal in (_signal.SIGSTOP, _signal.SIGCONT, _signal.SIGCHLD,
-                          _signal.SIGURG, _signal.SIGWINCH):
+    if f.crash_signal in _HARMLESS_SIGNALS:
         bad(f"signal {f.crash_signal} does not kill a process; use SIGSEGV, SIGKILL, SIGABRT ...")
     for name in ("slow_start_s", "postmaster_delay_s"):
         v = getattr(f, name)
