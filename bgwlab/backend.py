@@ -203,7 +203,9 @@ class Backend:
     def register_dynamic_worker(self, spec: WorkerSpec) -> WorkerHandle:
         """RegisterDynamicBackgroundWorker: claim a free slot, publish the spec, wake the postmaster.
 
-        Raises InvalidWorkerSpec (before any slot is used), OutOfWorkerSlots or PostmasterDied.
+        Raises InvalidWorkerSpec (before any slot is used), OutOfWorkerSlots or PostmasterDied
+        (only when the postmaster is dead).  During a shutdown the request is taken and the
+        handle reads STOPPED once the postmaster has dropped it, as in PostgreSQL.
         """
         if not isinstance(spec, WorkerSpec):
             from .errors import InvalidWorkerSpec
@@ -213,8 +215,9 @@ class Backend:
         self._check_usable()
         if not self.postmaster_alive():
             raise PostmasterDied("the postmaster has died; nothing can be started. Start a new cluster")
-        if self.seg.state() in (shmem.PM_SHUTDOWN, shmem.PM_STOPPED):
-            raise PostmasterDied("the cluster is shutting down; start a new cluster")
+        # A cluster that is shutting down still takes the request, as PostgreSQL's does
+        # (BackgroundWorkerStateChange): the postmaster forgets it at once and notifies us,
+        # so the handle reads STOPPED -- or POSTMASTER_DIED, if it exits first.
         notify = (self.index, self._pid, self._start) if spec.notify else None
         seg = self.seg
         with self._locked():

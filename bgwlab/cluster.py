@@ -94,10 +94,15 @@ class Cluster:
     @classmethod
     def start(cls, max_workers: int = 8, directory=None, *, max_backends: int = 64,
               restart_after_crash: bool = True, log_events: bool = True,
-              preload=("bgwlab.examples",), startup_timeout: float = 30.0) -> Cluster:
+              preload=("bgwlab.examples",), pdeathsig: bool = False,
+              startup_timeout: float = 30.0) -> Cluster:
         """Start a postmaster with `max_workers` slots in `directory` (a new temp dir if None).
 
         Entry points resolve against this process's sys.path and working directory.
+        `pdeathsig=True` arms ``PR_SET_PDEATHSIG(SIGKILL)`` in every worker: a bgwlab-only
+        safety net that kills workers the moment the postmaster dies.  Off by default, as
+        PostgreSQL has none: a worker learns of the death at its next wait and exits, and
+        one that never waits lives on (``stop()`` ends such orphans).
         """
         if not isinstance(max_workers, int) or not 1 <= max_workers <= 65_536:
             raise ValueError("max_workers must be an int in 1..65536")
@@ -107,6 +112,7 @@ class Cluster:
         me = os.getpid()
         conf = [f"max_workers={max_workers}", f"max_backends={max_backends}",
                 f"restart_after_crash={int(restart_after_crash)}", f"log_events={int(log_events)}",
+                f"pdeathsig={int(pdeathsig)}",
                 f"starter_pid={me}", f"starter_start={start_ticks(me)}",
                 "preload=" + ",".join(preload)]
         paths = [_PACKAGE_PARENT] + [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
@@ -219,6 +225,7 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        self._end_orphans()
         for b in self._backends:
             b.detach()
         self._backends.clear()
@@ -233,6 +240,18 @@ class Cluster:
                     pass
 
     close = stop
+
+    def _end_orphans(self) -> list[int]:
+        """Once the postmaster is gone: end the workers it left behind.  Returns their pids.
+
+        A postmaster that shut down has reaped every worker; one that was killed leaves
+        orphans that run until their next wait (or for ever, if they never wait).  They are
+        found by session: the postmaster led its own (``start_new_session``), its workers
+        stay in it, and Linux never reuses a session's id while a member lives.
+        """
+        from .procinfo import kill_session
+
+        return kill_session(self.postmaster_pid, signal.SIGKILL)
 
     def keep(self) -> Path:
         """Keep the directory when the cluster stops -- the evidence of an unexpected outcome

@@ -52,19 +52,42 @@ def spin_ms(ms: int) -> None:
         pass
 
 
-def fail_then_run(ms: int) -> None:
-    """Fail (exit 1) on the first run of this slot's generation, then sleep `ms` and exit 0.
+def _first_run() -> bool:
+    """True on the first run of this worker (slot and generation); False on a restart.
 
-    Uses a marker file named after the slot and generation in the cluster's directory, so
-    a restart (same generation) sees that it failed before.
+    A marker file in the cluster's directory remembers the first run, so that it goes
+    with the cluster (never a fixed path in /tmp).
     """
     info = worker.current()
-    marker = f"/tmp/bgwlab-fail-then-run-{info.postmaster_pid}-{info.slot}-{info.generation}"
-    if not os.path.exists(marker):
-        open(marker, "w").close()
+    marker = os.path.join(info.directory, f"first-run-{info.slot}-{info.generation}")
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return False
+    return True
+
+
+def fail_then_run(ms: int) -> None:
+    """Fail (exit 1) on the first run of this slot's generation, then sleep `ms` and exit 0."""
+    if _first_run():
         raise RuntimeError("first run fails on purpose")
-    os.unlink(marker)
     sleep_ms(ms)
+
+
+def crash_once(ms: int) -> None:
+    """Crash (SIGSEGV) on the first run of this slot's generation; on a restart, sleep `ms`
+    (or until terminated) and exit 0."""
+    if _first_run():
+        crash(int(signal.SIGSEGV))
+    sleep_ms(ms)
+
+
+def ignore_term_and_quit(ms: int) -> None:
+    """Ignore SIGTERM and SIGQUIT (user code may), then sleep `ms`: a worker that holds up a
+    shutdown or a crash-restart until the postmaster's grace period ends in SIGKILL."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+    worker.sleep(ms / 1000)
 
 
 def write_pid(arg: int = 0) -> None:

@@ -34,7 +34,7 @@ class RegisteredWorker:
     """The postmaster's private copy of one registered worker (``RegisteredBgWorker``)."""
 
     __slots__ = ("slot", "generation", "spec", "raw", "pid", "start_at", "notify",
-                 "terminate_seen", "fork_attempts", "term_sent")
+                 "terminate_seen", "fork_attempts", "term_sent", "seen_in_recovery")
 
     def __init__(self, slot, generation, spec, raw, now):
         self.slot = slot
@@ -47,6 +47,7 @@ class RegisteredWorker:
         self.terminate_seen = False
         self.fork_attempts = 0
         self.term_sent = False
+        self.seen_in_recovery = False  # first seen during a crash-restart: served after it
 
 
 def read_config(directory: str) -> dict:
@@ -73,6 +74,7 @@ class Postmaster:
         self.max_backends = int(cfg["max_backends"])
         self.restart_after_crash = cfg.get("restart_after_crash", "1") == "1"
         self.log_events = cfg.get("log_events", "1") == "1"
+        self.pdeathsig = cfg.get("pdeathsig", "0") == "1"  # bgwlab-only: see worker.child_main
         self.starter = (int(cfg.get("starter_pid", "0")), int(cfg.get("starter_start", "0")))
         self.preload = cfg.get("preload", [])
         self.workers = {}  # slot -> RegisteredWorker
@@ -270,13 +272,19 @@ class Postmaster:
         self.set_state(shmem.PM_CRASH_RECOVERY)
         self.events.emit("crash_restart", culprit.slot, culprit.generation, phase="begin",
                          exit_code=code, signal=sig, running=len(self.by_pid))
-        culprit.start_at = time.monotonic_ns() + max(0, culprit.spec.restart_ms) * 1_000_000
         for pid in list(self.by_pid):
             _kill(pid, signal.SIGQUIT)
         self.deadline = time.monotonic_ns() + KILL_GRACE_NS
 
     def finish_crash_recovery(self) -> None:
-        """All children are gone: repair shared memory, forget NEVER_RESTART workers, wake waiters."""
+        """All children are gone: repair shared memory, forget NEVER_RESTART workers, wake waiters.
+
+        As PostgreSQL's ResetBackgroundWorkerCrashTimes: every restartable worker -- the
+        one that crashed too -- starts again at once, whatever its restart interval.
+        bgwlab's registrants outlive the crash (DESIGN §1a), so one more case exists
+        here: a request first seen during the recovery was made after the crash began,
+        and it is served now, NEVER_RESTART or not.
+        """
         self.deadline = None
         self.seg.set_next_generation(max(self.seg.next_generation(), self.gen_hwm + 1))
         now = time.monotonic_ns()
@@ -284,12 +292,14 @@ class Postmaster:
             self.seg.write_spec(rw.slot, rw.raw)
             self.seg.set_generation(rw.slot, rw.generation)
             self.seg.set_in_use(rw.slot, 1)
-            if rw.spec.restart_ms == NEVER or rw.terminate_seen:
+            if rw.terminate_seen or (rw.spec.restart_ms == NEVER and not rw.seen_in_recovery):
                 self.forget_and_notify(rw, "crash-restart")
             else:
                 rw.pid = -1
                 self.seg.set_pid(rw.slot, -1)
-                rw.start_at = max(rw.start_at, now) if rw.fork_attempts else now
+                # a fault's postmaster delay still applies to a request not yet served
+                rw.start_at = max(rw.start_at, now) if rw.seen_in_recovery else now
+                rw.seen_in_recovery = False
                 self.pending[rw.slot] = rw
                 self.notify(rw, "crash-restart")
         self.set_state(shmem.PM_RUNNING)
@@ -384,6 +394,7 @@ class Postmaster:
             return
         self.suspect.pop(slot, None)
         rw = RegisteredWorker(slot, gen, spec, raw, now)
+        rw.seen_in_recovery = self.state == shmem.PM_CRASH_RECOVERY
         self.slot_hwm[slot] = gen
         if gen > self.gen_hwm:
             self.gen_hwm = gen

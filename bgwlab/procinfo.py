@@ -25,6 +25,74 @@ def start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
+def session_of(pid: int) -> int | None:
+    """Session id of `pid` (field 6 of /proc/PID/stat), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return int(data[data.rindex(b")") + 2 :].split()[3])
+
+
+def session_members(sid: int) -> list[int]:
+    """Pids of the live processes in session `sid`.
+
+    A session id names its processes for as long as one of them lives: Linux does not
+    hand out a pid that is still some session's (or process group's) id.
+    """
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and session_of(int(name)) == sid:
+            pids.append(int(name))
+    return pids
+
+
+def kill_session(sid: int, signum: int, timeout: float = 5.0) -> list[int]:
+    """Send `signum` to every process of session `sid` and wait (up to `timeout` s) until
+    they have exited.  Returns the pids signalled.
+
+    Race-free: each target is pinned by a pidfd, and its session checked again after the
+    pidfd is open, so a pid that was recycled in between is never signalled.
+    """
+    import select
+    import signal
+    import time
+
+    fds, signalled = {}, []
+    for pid in session_members(sid):
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        if session_of(pid) != sid:
+            os.close(fd)
+            continue
+        try:
+            signal.pidfd_send_signal(fd, signum)
+        except OSError:
+            os.close(fd)
+            continue
+        fds[fd] = pid
+        signalled.append(pid)
+    deadline = time.monotonic() + timeout
+    try:
+        while fds:
+            p = select.poll()
+            for fd in fds:
+                p.register(fd, select.POLLIN)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for fd, _ in p.poll(int(left * 1000) + 1):  # a pidfd is readable once its process exited
+                os.close(fd)
+                fds.pop(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return signalled
+
+
 def process_uid(pid: int) -> int | None:
     """Real uid of `pid`, or None if it is gone."""
     try:

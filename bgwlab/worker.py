@@ -22,11 +22,14 @@ _postmaster_pid = 0
 class WorkerInfo:
     """What a running worker knows about itself (``bgwlab.worker.current()``)."""
 
-    __slots__ = ("name", "entry", "main_arg", "extra", "slot", "generation", "postmaster_pid")
+    __slots__ = ("name", "entry", "main_arg", "extra", "slot", "generation", "postmaster_pid",
+                 "directory")
 
-    def __init__(self, name, entry, main_arg, extra, slot, generation, postmaster_pid):
+    def __init__(self, name, entry, main_arg, extra, slot, generation, postmaster_pid,
+                 directory=""):
         self.name, self.entry, self.main_arg, self.extra = name, entry, main_arg, extra
         self.slot, self.generation, self.postmaster_pid = slot, generation, postmaster_pid
+        self.directory = directory  # the cluster's directory (private to its user)
 
     def __repr__(self):
         return (f"WorkerInfo(name={self.name!r}, entry={self.entry!r}, slot={self.slot}, "
@@ -85,7 +88,11 @@ def sleep(seconds: float) -> bool:
 
 
 def _on_sigterm(signum, frame):
-    raise Terminated()
+    raise Terminated()  # PostgreSQL's bgworker_die: the worker ends with exit 1
+
+
+def _on_sigquit(signum, frame):
+    os._exit(2)  # PostgreSQL's SignalHandlerForCrashExit: out at once, no cleanup
 
 
 def _resolve(entry: str):
@@ -118,20 +125,30 @@ def child_main(pm, rw) -> None:
     #    machine it cut the start's p99 from 1.6 to 1.1 ms (A/B, 2,400 starts each).
     os.sched_yield()
     try:
-        # 1. Signals: the postmaster's handlers and wakeup fd are not ours.  Ours is a
-        #    fresh self-pipe, so that sleep() cannot miss a SIGTERM (see sleep()).
+        # 1. Signals, as PostgreSQL's BackgroundWorkerMain sets them: SIGHUP, SIGINT and
+        #    SIGUSR1 are ignored until the worker's own code installs handlers (a stray one
+        #    must not kill it: that would be a crash, and a crash-restart of every worker);
+        #    SIGTERM ends it with exit 1; SIGQUIT is the crash-restart's immediate exit.
+        #    The postmaster's handlers and wakeup fd are not ours: ours is a fresh
+        #    self-pipe, so that sleep() cannot miss a SIGTERM (see sleep()).
         _wake_fd, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        for s in (signal.SIGUSR1, signal.SIGCHLD, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
-            signal.signal(s, signal.SIG_DFL)
+        for s in (signal.SIGUSR1, signal.SIGINT, signal.SIGHUP):
+            signal.signal(s, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGQUIT, _on_sigquit)
         signal.pthread_sigmask(signal.SIG_SETMASK, ())  # the postmaster blocked them across fork()
-        # 2. Die with the postmaster.  Check after arming: it may have died before.
-        from .procinfo import set_parent_death_signal
+        # 2. Postmaster death: as in PostgreSQL, a worker learns of it through the alive
+        #    pipe at its next wait (sleep()), and one that never waits lives on.
+        #    PR_SET_PDEATHSIG is bgwlab's opt-in safety net (Cluster.start(pdeathsig=True));
+        #    armed after the fork, it must check that the postmaster did not die before.
+        if pm.pdeathsig:
+            from .procinfo import set_parent_death_signal
 
-        set_parent_death_signal(signal.SIGKILL)
-        if os.getppid() != pm.pid:
-            os._exit(1)
+            set_parent_death_signal(signal.SIGKILL)
+            if os.getppid() != pm.pid:
+                os._exit(1)
         # 3. Fds that only the postmaster may hold (above all: the alive pipe's write end).
         for fd in pm.private_fds():
             try:
@@ -142,7 +159,7 @@ def child_main(pm, rw) -> None:
         _postmaster_pid = pm.pid
         rec = rw.spec
         _current = WorkerInfo(rec.name, rec.entry, rec.main_arg, rec.extra, rw.slot,
-                              rw.generation, pm.pid)
+                              rw.generation, pm.pid, pm.directory)
         events = pm.events.with_source("worker")
         slot, gen = rw.slot, rw.generation
         # 4. Injected faults, in the order they would happen.

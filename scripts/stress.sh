@@ -34,7 +34,8 @@ cleanup() {
   for p in "${hogs[@]}"; do kill "$p" 2>/dev/null; done
   wait 2>/dev/null
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 for ((i = 1; i < ncpu; i++)); do  # every CPU but one busy: the suite gets the rest
   python3 -c 'while True: pass' & hogs+=($!)
 done

@@ -101,24 +101,43 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(autouse=True)
 def keep_evidence_of_failures(request, monkeypatch):
-    """A failed test keeps the directories of the clusters it started, and its report shows
-    their event logs and postmaster output; a passed test's directories are removed.
+    """A failed test keeps the evidence of the clusters it started -- event log and
+    postmaster output, written to a directory that is not removed -- and its report shows
+    them; a passed test leaves nothing.
 
-    Set up after module-scoped fixtures, so only clusters started by the test itself (and
-    its function-scoped fixtures) are covered.
+    ``Cluster.stop()`` still removes the cluster's own directory (tests check that): the
+    evidence is read just before.  Set up after module-scoped fixtures, so only clusters
+    started by the test itself (and its function-scoped fixtures) are covered.
     """
+    import shutil
+
     from bgwlab import cluster as cluster_mod
 
     started = []
     real_start = cluster_mod.Cluster.start.__func__
+    real_stop = cluster_mod.Cluster.stop
 
     def start(cls, *args, **kwargs):
         c = real_start(cls, *args, **kwargs)
-        c.keep_directory = True
         started.append(c)
         return c
 
+    def stop(self, *args, **kwargs):
+        keep, self.keep_directory = self.keep_directory, True
+        try:
+            real_stop(self, *args, **kwargs)
+        finally:
+            self.keep_directory = keep
+            if not hasattr(self, "_evidence_log"):
+                try:
+                    self._evidence_log = (self.directory / "postmaster.log").read_text(errors="replace")
+                except OSError as e:
+                    self._evidence_log = f"(unreadable: {e})"
+            if self._owns_directory and not keep:
+                shutil.rmtree(self.directory, ignore_errors=True)
+
     monkeypatch.setattr(cluster_mod.Cluster, "start", classmethod(start))
+    monkeypatch.setattr(cluster_mod.Cluster, "stop", stop)
     yield
     failed = getattr(request.node, "_bgwlab_call_failed", False) or getattr(
         request.node, "_bgwlab_setup_failed", False)
@@ -126,27 +145,27 @@ def keep_evidence_of_failures(request, monkeypatch):
         if not c._stopped:
             c.stop()
         if failed:
-            report_cluster(c)
-        elif c._owns_directory:
-            import shutil
-
-            shutil.rmtree(c.directory, ignore_errors=True)
+            report_cluster(c, request.node.name)
 
 
-def report_cluster(c) -> None:
-    """Print where a failed test's cluster is kept, its event log and its postmaster output."""
+def report_cluster(c, test_name: str) -> None:
+    """Write a failed test's cluster evidence to a kept directory and print it."""
+    import re
     import sys
+    import tempfile
+    from pathlib import Path
 
-    from bgwlab.events import format_events
+    from bgwlab.events import format_events, write_jsonl
 
-    try:
-        log = (c.directory / "postmaster.log").read_text(errors="replace")[-4000:]
-    except OSError as e:
-        log = f"(unreadable: {e})"
+    keep = Path(tempfile.gettempdir()) / "bgwlab-evidence" / re.sub(r"[^\w.-]", "_", test_name) / c.directory.name
+    keep.mkdir(parents=True, exist_ok=True)
     events = c.events()
-    sys.stderr.write(f"\n=== bgwlab cluster kept for inspection: {c.directory}\n"
+    write_jsonl(events, keep / "events.jsonl")
+    log = getattr(c, "_evidence_log", "")
+    (keep / "postmaster.log").write_text(log)
+    sys.stderr.write(f"\n=== bgwlab cluster {c.directory}: evidence kept in {keep}\n"
                      f"--- event log ({len(events)} events; the last 200)\n"
-                     f"{format_events(events[-200:])}\n--- postmaster.log (tail)\n{log}\n")
+                     f"{format_events(events[-200:])}\n--- postmaster.log (tail)\n{log[-4000:]}\n")
 
 
 @pytest.fixture
