@@ -1,0 +1,205 @@
+"""Dynamic shared memory: one POSIX shared-memory segment per parallel context.
+
+PostgreSQL's ``dsm.c`` creates a segment per parallel context and hands its *handle*
+to the workers in ``bgw_main_arg`` (``LaunchParallelWorkers``).  Here a segment is a
+file in ``/dev/shm`` (what ``shm_open`` makes), mapped with ``mmap(MAP_SHARED)``,
+and handed to the workers *by name* in their ``extra`` bytes, with its random token in
+``main_arg``.
+
+Names and who frees them
+------------------------
+
+``/dev/shm/bgwlab.<leader pid>.<leader start ticks>.<token>``, mode 0600, created with
+``O_EXCL | O_NOFOLLOW``: private to the user, never an existing file.  The rule:
+
+    **a segment's name lives exactly as long as its leader.**
+
+* The leader removes the name exactly once, on every path it lives through
+  (``Segment.destroy``, which a ``weakref.finalize`` also runs at interpreter exit).
+* A leader killed with SIGKILL frees nothing.  Then anyone may remove the name, because
+  a leaderless segment is useless: workers that find their leader gone remove it as they
+  exit, and ``remove_orphans()`` removes every name whose leader (pid + start time) is
+  gone -- each new ``ParallelContext`` calls it, as PostgreSQL's postmaster calls
+  ``dsm_cleanup_using_control_segment`` at startup.
+* Removing the name never pulls memory from under a process: mappings stay valid until
+  they are unmapped; the kernel frees the pages after the name and the last mapping.
+
+In PostgreSQL the segment is reference-counted in a control segment (``dsm_attach`` /
+``dsm_detach``; the last detach destroys it) and a backend that dies uncleanly causes a
+crash-restart that cleans up.  bgwlab's leaders live outside the crash domain (DESIGN
+§1a), so "leader gone" replaces the reference count.
+
+Not ``multiprocessing.shared_memory``: Python 3.11 registers every segment it opens with
+the resource tracker (a child process of its own), which unlinks it -- and warns -- when
+*that* process exits, even if another still uses it.  ``os.open`` + ``mmap`` has no such
+side effects.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import secrets
+import stat
+import weakref
+
+from ..procinfo import start_ticks
+
+SHM_DIR = "/dev/shm"
+PREFIX = "bgwlab."
+MAX_SIZE = 1 << 36  # 64 GiB: far beyond any lesson; refuses a corrupt size early
+
+
+def segment_name(leader_pid: int, leader_start: int, token: int) -> str:
+    return f"{PREFIX}{leader_pid}.{leader_start}.{token:016x}"
+
+
+def parse_name(name: str) -> tuple[int, int, int] | None:
+    """(leader pid, leader start ticks, token) of one of our names, or None."""
+    if not name.startswith(PREFIX) or "/" in name:
+        return None
+    parts = name[len(PREFIX):].split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        return int(parts[0]), int(parts[1]), int(parts[2], 16)
+    except ValueError:
+        return None
+
+
+def _path(name: str) -> str:
+    if parse_name(name) is None:
+        raise ValueError(f"{name!r} is not a bgwlab segment name")
+    return os.path.join(SHM_DIR, name)
+
+
+def _unlink(path: str) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+class Segment:
+    """One process's mapping of a segment.  ``buf`` is the mmap.
+
+    ``create`` is for the leader only; ``attach`` for its workers.  ``destroy`` (leader
+    only) removes the name exactly once; ``close`` unmaps (any process).
+    """
+
+    def __init__(self, name: str, mm: mmap.mmap, owner: bool):
+        self.name = name
+        self.buf = mm
+        self.size = len(mm)
+        self.owner = owner
+        self._finalizer = weakref.finalize(self, _unlink, _path(name)) if owner else None
+
+    @classmethod
+    def create(cls, size: int) -> Segment:
+        """dsm_create: a new zero-filled segment of `size` bytes.  Leader only."""
+        if not isinstance(size, int) or not 0 < size <= MAX_SIZE:
+            raise ValueError(f"segment size must be 1..{MAX_SIZE} bytes, got {size!r}")
+        me = os.getpid()
+        while True:
+            name = segment_name(me, start_ticks(me) or 0, secrets.randbits(63))
+            try:
+                fd = os.open(_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600)
+                break
+            except FileExistsError:
+                continue
+        try:
+            os.ftruncate(fd, size)  # tmpfs: pages are allocated on first touch, zero-filled
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED)
+        except BaseException:
+            _unlink(_path(name))
+            raise
+        finally:
+            os.close(fd)
+        return cls(name, mm, owner=True)
+
+    @classmethod
+    def attach(cls, name: str) -> Segment:
+        """dsm_attach: map an existing segment.  Raises FileNotFoundError once its name
+        has been removed (the leader is done or gone), PermissionError if it is not ours."""
+        fd = os.open(_path(name), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid()
+                    or st.st_mode & 0o077):
+                raise PermissionError(f"{name} is not a private segment of this user")
+            if not 0 < st.st_size <= MAX_SIZE:
+                raise ValueError(f"{name} has an impossible size ({st.st_size})")
+            mm = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED)
+        finally:
+            os.close(fd)
+        return cls(name, mm, owner=False)
+
+    @property
+    def token(self) -> int:
+        return parse_name(self.name)[2]
+
+    def exists(self) -> bool:
+        return os.path.exists(os.path.join(SHM_DIR, self.name))
+
+    def destroy(self) -> None:
+        """dsm_detach + destroy: remove the name (once) and unmap.  Leader only."""
+        if self._finalizer is None:
+            raise RuntimeError("only the process that created a segment may destroy it")
+        self._finalizer()  # runs _unlink at most once, however often destroy() is called
+        self.close()
+
+    def close(self) -> None:
+        """Unmap.  Any process; every memoryview of ``buf`` must have been released."""
+        try:
+            self.buf.close()
+        except (BufferError, ValueError):
+            pass
+
+    def __repr__(self):
+        return f"<dsm Segment {self.name} {self.size} bytes>"
+
+
+def remove_if_leader_gone(name: str) -> bool:
+    """Remove a segment name whose leader has exited.  Any process.  True if removed."""
+    parsed = parse_name(name)
+    if parsed is None:
+        return False
+    pid, start, _token = parsed
+    if start_ticks(pid) == start:
+        return False  # the leader lives: only it may free the segment
+    return _unlink(os.path.join(SHM_DIR, name))
+
+
+def remove_orphans() -> list[str]:
+    """Remove every segment of this user whose leader is gone.  Any process.
+
+    As PostgreSQL's ``dsm_cleanup_using_control_segment``: what a dead leader left
+    behind.  Returns the names removed.
+    """
+    removed = []
+    uid = os.geteuid()
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return removed
+    for name in names:
+        if parse_name(name) is None:
+            continue
+        try:
+            if os.lstat(os.path.join(SHM_DIR, name)).st_uid != uid:
+                continue
+        except FileNotFoundError:
+            continue
+        if remove_if_leader_gone(name):
+            removed.append(name)
+    return removed
+
+
+def list_segments() -> list[str]:
+    """Names of every bgwlab segment in /dev/shm (for tests and teaching)."""
+    try:
+        return sorted(n for n in os.listdir(SHM_DIR) if parse_name(n) is not None)
+    except OSError:
+        return []
