@@ -2,7 +2,12 @@
 # Install the Debian packages the test suite needs, if they are missing.
 # Runs as root in CI; for other users it only reports what is missing.
 set -euo pipefail
-packages=(chromium)  # chromium: the JupyterLab end-to-end check (tests/test_browser.py)
+packages=(
+  chromium                  # the JupyterLab end-to-end check (tests/test_browser.py)
+  postgresql                # a real PostgreSQL server (15 on Debian 12): bgwlab.pg, tests/test_pg*.py
+  postgresql-server-dev-15  # PGXS, to build bgwlab.pg's probe extension at run time
+  make gcc                  # ... which PGXS drives
+)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
