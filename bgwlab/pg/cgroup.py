@@ -12,8 +12,8 @@ number the process already has (its threads) makes its next ``fork()`` fail with
 it already has stay where they were (cgroup v1 moves one thread group, v2 one process).
 
 Cleanup always runs (the process goes back, the cgroup is removed), also on
-KeyboardInterrupt; a cgroup left by a killed run is removed by :func:`remove_stale`
-(any ``bgwlab-*`` cgroup whose tasks are gone).
+KeyboardInterrupt.  Cgroups are named ``bgwlab-<creator pid>-<random>``; one left by a
+killed run is removed by :func:`remove_stale` (those whose creator is gone).
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ class PidsLimit:
         self.pid = pid
         self.slack = slack
         self.mode, self.root = _mode()
+        remove_stale()
         self.path = self.root / f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.origin = self.root / _current_cgroup(pid, self.mode).lstrip("/")
         self.entered = False
@@ -137,13 +138,24 @@ def pids_limit(pid: int, slack: int = 0) -> PidsLimit:
     return PidsLimit(pid, slack)
 
 
+def _creator_alive(path: Path) -> bool:
+    try:
+        creator = int(path.name[len(PREFIX):].split("-", 1)[0])
+    except ValueError:
+        return False
+    return os.path.exists(f"/proc/{creator}")
+
+
 def remove_stale() -> list[str]:
-    """Remove ``bgwlab-*`` pids cgroups left by killed runs (only empty ones can go)."""
+    """Remove ``bgwlab-<pid>-*`` pids cgroups whose creating process is gone (killed runs);
+    their members go back to the root cgroup."""
     mode = _mode()
     removed = []
     if mode is None:
         return removed
     for p in mode[1].glob(f"{PREFIX}*"):
+        if _creator_alive(p):
+            continue
         try:
             members = (p / "cgroup.procs").read_text().split()
             for m in members:
@@ -155,7 +167,9 @@ def remove_stale() -> list[str]:
     return removed
 
 
-def ours() -> list[str]:
-    """The bgwlab pids cgroups that exist now (tests assert none is left)."""
+def ours(pid: int | None = None) -> list[str]:
+    """The pids cgroups that process `pid` (default: this one) made and that still exist
+    (tests assert none is left)."""
     mode = _mode()
-    return [] if mode is None else [str(p) for p in mode[1].glob(f"{PREFIX}*")]
+    pid = os.getpid() if pid is None else pid
+    return [] if mode is None else [str(p) for p in mode[1].glob(f"{PREFIX}{pid}-*")]
