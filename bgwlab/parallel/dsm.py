@@ -161,13 +161,27 @@ class Segment:
         return f"<dsm Segment {self.name} {self.size} bytes>"
 
 
-def remove_if_leader_gone(name: str) -> bool:
-    """Remove a segment name whose leader has exited.  Any process.  True if removed."""
+def leader_alive(pid: int, start: int) -> bool:
+    """Is the process (pid, start ticks) running?  A zombie -- exited, not yet reaped by
+    its parent -- is not: it will never free anything again."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    fields = data[data.rindex(b")") + 2:].split()
+    return fields[0] not in (b"Z", b"X") and int(fields[19]) == start
+
+
+def remove_if_leader_gone(name: str, *, known_gone: bool = False) -> bool:
+    """Remove a segment name whose leader has exited.  Any process.  True if removed.
+
+    `known_gone`: the caller holds proof (a pidfd of exactly that leader was readable)."""
     parsed = parse_name(name)
     if parsed is None:
         return False
     pid, start, _token = parsed
-    if start_ticks(pid) == start:
+    if not known_gone and leader_alive(pid, start):
         return False  # the leader lives: only it may free the segment
     return _unlink(os.path.join(SHM_DIR, name))
 

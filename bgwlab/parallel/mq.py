@@ -304,6 +304,11 @@ class MessageQueue:
             self._flush_written()
         return SUCCESS
 
+    def flush(self) -> None:
+        """Publish every byte sent so far and set the receiver's latch.  Sender only."""
+        self._check_role("sender")
+        self._flush_written()
+
     def _end_send(self, res: MqResult) -> MqResult:
         if res is DETACHED:
             self._pending_msg = None

@@ -1,0 +1,78 @@
+"""The layout of a parallel context's segment, shared by the leader and its workers.
+
+PostgreSQL's ``InitializeParallelDSM`` places, through the table of contents (toc.py)::
+
+    PARALLEL_KEY_FIXED        FixedParallelState: leader pid + start time, sizes
+    PARALLEL_KEY_ENTRYPOINT   "module:function" of the workers' code
+    PARALLEL_KEY_PAYLOAD      the leader's bytes for every worker (read-only)
+    PARALLEL_KEY_ERROR_QUEUE  nworkers error queues: 'E' + traceback, or 'X' (clean exit)
+    PARALLEL_KEY_DATA_QUEUE   nworkers data queues (PostgreSQL's executor tuple queues)
+
+Worker ``i`` sends on queue ``i`` of each array; the leader is the receiver of all of
+them, set before any worker exists.  Written only by the leader, before the first
+registration; read-only afterwards (queues excepted: they have their own protocol).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .mq import queue_size_for
+from .toc import Toc, TocEstimator, align
+
+PARALLEL_MAGIC = 0x42475750_00000001  # "BGWP", version 1
+KEY_FIXED, KEY_ENTRYPOINT, KEY_PAYLOAD, KEY_ERROR_QUEUE, KEY_DATA_QUEUE = 1, 2, 3, 4, 5
+N_KEYS = 5
+ERROR_QUEUE_SIZE = 16384  # PARALLEL_ERROR_QUEUE_SIZE
+# leader_pid, leader_start, nworkers, entry_len, payload_len, error ring, data ring
+FIXED = struct.Struct("<qQIIQQQ")
+EXTRA = struct.Struct("<I")  # worker number, then the segment name (ASCII)
+
+
+class Layout:
+    """Sizes and offsets of one context's segment."""
+
+    def __init__(self, nworkers: int, entry_len: int, payload_len: int, ring: int,
+                 error_ring: int = ERROR_QUEUE_SIZE):
+        self.nworkers, self.entry_len, self.payload_len = nworkers, entry_len, payload_len
+        self.ring, self.error_ring = ring, error_ring
+        self.error_stride = align(queue_size_for(error_ring))
+        self.data_stride = align(queue_size_for(ring))
+        est = TocEstimator()
+        est.key(N_KEYS)
+        for size in (FIXED.size, entry_len, max(payload_len, 1), self.error_stride * max(nworkers, 1),
+                     self.data_stride * max(nworkers, 1)):
+            est.chunk(size)
+        self.size = est.estimate()
+
+    def error_queue(self, base: int, i: int) -> int:
+        return base + i * self.error_stride
+
+    def data_queue(self, base: int, i: int) -> int:
+        return base + i * self.data_stride
+
+
+def encode_extra(number: int, name: str) -> bytes:
+    return EXTRA.pack(number) + name.encode("ascii")
+
+
+def decode_extra(extra: bytes) -> tuple[int, str]:
+    if len(extra) <= EXTRA.size:
+        raise ValueError("a parallel worker's extra bytes must hold its number and segment name")
+    return EXTRA.unpack_from(extra)[0], extra[EXTRA.size:].decode("ascii")
+
+
+def read_fixed(toc: Toc, buf) -> dict:
+    """The fixed state, checked against the segment.  Any process (workers trust nothing)."""
+    off = toc.lookup(KEY_FIXED)
+    pid, start, nworkers, entry_len, payload_len, error_ring, ring = FIXED.unpack_from(buf, off)
+    lay = Layout(nworkers, entry_len, payload_len, ring, error_ring)
+    if lay.size > len(buf) or pid <= 0 or entry_len > 1024:
+        raise ValueError("corrupt parallel state (sizes do not fit the segment)")
+    e_off, p_off = toc.lookup(KEY_ENTRYPOINT), toc.lookup(KEY_PAYLOAD)
+    if e_off + entry_len > len(buf) or p_off + payload_len > len(buf):
+        raise ValueError("corrupt parallel state (entry or payload outside the segment)")
+    return dict(leader_pid=pid, leader_start=start, nworkers=nworkers, layout=lay,
+                entry=bytes(buf[e_off:e_off + entry_len]).decode(),
+                payload_off=p_off, payload_len=payload_len,
+                error_base=toc.lookup(KEY_ERROR_QUEUE), data_base=toc.lookup(KEY_DATA_QUEUE))
