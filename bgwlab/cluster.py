@@ -249,9 +249,12 @@ class Cluster:
         found by session: the postmaster led its own (``start_new_session``), its workers
         stay in it, and Linux never reuses a session's id while a member lives.
         """
+        from .parallel.dsm import remove_orphans
         from .procinfo import kill_session
 
-        return kill_session(self.postmaster_pid, signal.SIGKILL)
+        ended = kill_session(self.postmaster_pid, signal.SIGKILL)
+        remove_orphans()  # dynamic shared memory whose leader is gone (dsm_postmaster_shutdown)
+        return ended
 
     def keep(self) -> Path:
         """Keep the directory when the cluster stops -- the evidence of an unexpected outcome
