@@ -286,12 +286,17 @@ class BgwlabSide:
         self.version = bgwlab.__version__
 
     def _settle(self, handle, timeout: float = 30.0) -> None:
+        """Let the worker end by itself (as the probe does: a worker given up on may still
+        reach user code -- that makes a timeout spurious); terminate it after 5 s."""
         from ..backend import STOPPED
 
-        handle.terminate()
-        deadline = time.monotonic() + timeout
+        terminate_at = time.monotonic() + 5.0
+        deadline = terminate_at + timeout
         while handle.get_pid()[0] is not STOPPED:
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > terminate_at:
+                handle.terminate()
+            if now > deadline:
                 raise AssertionError(f"worker {handle} did not stop within {timeout} s")
             time.sleep(0.001)
 

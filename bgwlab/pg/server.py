@@ -259,9 +259,13 @@ class Server:
             "lc_messages": "C",
         }
         conf.update({k: str(v) for k, v in settings.items()})
+        # In postgresql.conf (the last setting wins), not on the command line, so that a
+        # reload (pg_reload_conf) applies a changed setting without complaints.
+        with open(self.data / "postgresql.conf", "a") as f:
+            f.write("\n# bgwlab.pg\n")
+            for k, val in conf.items():
+                f.write(f"{k} = '{val.replace(chr(39), chr(39) * 2)}'\n")
         argv = [str(self.bindir / "postgres"), "-D", str(self.data)]
-        for k, val in conf.items():
-            argv += ["-c", f"{k}={val}"]
         self._log = open(self.log_path, "ab", buffering=0)
         # The postmaster is our own child, with the server user's ids set in the child
         # (Popen's user/group) rather than under `runuser`: runuser stays as a watching

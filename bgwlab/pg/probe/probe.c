@@ -244,8 +244,8 @@ wait_startup_capped(BackgroundWorkerHandle *handle, pid_t *pid, double cap_ms, b
  *
  * time_to_verdict_ms runs from just before RegisterDynamicBackgroundWorker()
  * to the verdict.  After each verdict the worker is terminated and waited for
- * (not timed), so that the next trial finds a free slot and the sign-in read
- * afterwards is final (reached_user_code: the ground truth).
+ * (not timed; see below), so that the next trial finds a free slot and the
+ * sign-in read afterwards is final (reached_user_code: the ground truth).
  */
 Datum
 probe_trials(PG_FUNCTION_ARGS)
@@ -380,24 +380,30 @@ probe_trials(PG_FUNCTION_ARGS)
 		if (handle != NULL)
 			t1 = now_ns();		/* the verdict */
 
-		/* Clean up, untimed: stop the worker (or its pending start) and wait. */
+		/*
+		 * Clean up, untimed.  Let the worker end by itself first (it runs run_ms
+		 * after signing in), so that a worker the strategy gave up on still gets
+		 * the chance to reach user code: that is what makes a timeout spurious.
+		 * Whatever is still there after 5 s (a start the postmaster has not
+		 * acted on) is terminated, and waited for.
+		 */
 		if (handle != NULL)
 		{
 			pid_t		p;
+			int64		give_up = now_ns() + (int64) 5 * 1000000000;
+			bool		terminated = false;
 
-			TerminateBackgroundWorker(handle);
-			if (notify)
-				(void) WaitForBackgroundWorkerShutdown(handle);
-			else
+			while (GetBackgroundWorkerPid(handle, &p) != BGWH_STOPPED)
 			{
-				int64		give_up = now_ns() + (int64) 120 * 1000000000;
-
-				while (GetBackgroundWorkerPid(handle, &p) != BGWH_STOPPED)
+				if (now_ns() > give_up)
 				{
-					if (now_ns() > give_up)
+					if (terminated)
 						elog(ERROR, "probe: trial %d's worker did not stop within 120 s", i);
-					nap(1, false);
+					TerminateBackgroundWorker(handle);
+					terminated = true;
+					give_up = now_ns() + (int64) 120 * 1000000000;
 				}
+				nap(1, notify);
 			}
 			pfree(handle);
 		}
