@@ -59,3 +59,17 @@ def test_quick_comparison_writes_rows_metadata_and_figures(run):
     for name in ("headline", "lost_wakeup", "timeline"):
         assert paths[name].stat().st_size > 10_000
     assert ours() == []
+
+
+def test_without_a_server_it_exits_non_zero_and_says_how_to_install(monkeypatch, tmp_path, capsys):
+    from bgwlab.pg import compare
+    from bgwlab.pg.server import INSTALL_HELP, PgUnavailable
+
+    def nothing_here():
+        raise PgUnavailable(f"no PostgreSQL >= 15 found. {INSTALL_HELP}")
+
+    monkeypatch.setattr(compare, "find_bindir", nothing_here)
+    assert compare.main(["--out", str(tmp_path / "x"), "--quick"]) == 3
+    err = capsys.readouterr().err
+    assert "postgresql-server-dev-15" in err and "system-deps.sh" in err
+    assert not (tmp_path / "x").exists()

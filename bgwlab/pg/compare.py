@@ -392,3 +392,75 @@ def draw_figures(rows, out, *, timeline=None, cap_s=None) -> dict:
         fig.savefig(paths["timeline"], dpi=110)
         plt.close(fig)
     return paths
+
+
+# -- the command line: `bgwlab compare-postgres` ---------------------------------------------------
+COMMAND_HELP = ("the seed's scenarios on bgwlab and on a real PostgreSQL server, side by side "
+                "(CSV, metadata, figures)")
+
+
+def add_parser(sub):
+    """Add ``compare-postgres`` to an argparse subparsers object (bgwlab.lab.cli)."""
+    p = sub.add_parser(
+        "compare-postgres", help=COMMAND_HELP,
+        description="Run ok, fork failure (genuine: the postmaster in a pids cgroup at its "
+                    "limit; root), early crash and busy system on bgwlab and on a throwaway "
+                    "PostgreSQL server (15+, Unix socket only, removed afterwards) with the "
+                    "same waiting strategies, plus fork failures back to back and a worker "
+                    "crash. PostgreSQL's side is timed inside the backend by a small C "
+                    "extension built with PGXS. Writes compare.csv, compare.metadata.json, "
+                    "crash.json and headline.png, lost_wakeup.png, timeline.png.")
+    p.add_argument("--out", required=True, help="directory for the results")
+    p.add_argument("--trials", type=int, default=20, help="trials per cell (default 20)")
+    p.add_argument("--quick", action="store_true",
+                   help="4 trials per cell, T in 0.005,0.05: well under a minute")
+    p.add_argument("--timeouts", default=None,
+                   help="T values in seconds for timeout(T), comma-separated "
+                        f"(default {','.join(map(str, DEFAULT_TIMEOUTS))})")
+    p.add_argument("--cap", type=float, default=None,
+                   help="seconds after which the probe re-signals PostgreSQL's postmaster when "
+                        "its wakeup was lost (default 5, quick 1)")
+    p.set_defaults(func=cmd_compare_postgres)
+    return p
+
+
+def cmd_compare_postgres(args) -> int:
+    import sys
+
+    timeouts = None
+    if args.timeouts:
+        timeouts = [float(x) for x in args.timeouts.split(",") if x.strip()]
+    if args.trials < 1:
+        print("compare-postgres: --trials must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        paths = run_compare(args.out, trials=args.trials, quick=args.quick, timeouts=timeouts,
+                            cap_s=args.cap, progress=lambda m: print(m, flush=True))
+    except PgUnavailable as e:
+        print(f"compare-postgres: {e}", file=sys.stderr)
+        return 3
+    rows = read_rows(paths["csv"])
+    print(f"\n{len(rows)} trials; written to {args.out}:")
+    for name, path in paths.items():
+        print(f"  {name:14s} {path}")
+    print("\nmedian time to verdict (ms), notify:")
+    for s in summarize(rows):
+        if s["strategy"] == "notify":
+            print(f"  {s['system']:10s} {s['scenario']:26s} {s['median_ms']:9.2f}  "
+                  f"(n={s['n']}, wrong={s['wrong']}, lost wakeups={s['kicked']})")
+    return 0
+
+
+def main(argv=None) -> int:
+    """``python -m bgwlab.pg.compare --out DIR [--trials N] [--quick]`` (same as the CLI)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="bgwlab")
+    sub = parser.add_subparsers()
+    add_parser(sub)
+    args = parser.parse_args(["compare-postgres", *(argv if argv is not None else __import__("sys").argv[1:])])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -76,7 +76,7 @@ PostgreSQL 15, src/backend/postmaster/postmaster.c (15.18):
                                                                   StartWorkerNeeded is false
                      PG_SETMASK(&UnBlockSig);               1776  a pending SIGUSR1 runs NOW
                      selres = select(..., &timeout);        1778  ... and select() sleeps 60 s
-  sigusr1_handler(): BackgroundWorkerStateChange(); StartWorkerNeeded = true;   5209-5211
+  sigusr1_handler(): BackgroundWorkerStateChange(); StartWorkerNeeded = true;   5210-5211
                      maybe_start_bgworkers();               5215  inside the handler
   maybe_start_bgworkers(): if (!do_start_bgworker(rw)) { StartWorkerNeeded = true; return; }
                                                             6058-6061  "come back ... on the
@@ -84,10 +84,15 @@ PostgreSQL 15, src/backend/postmaster/postmaster.c (15.18):
   do_start_bgworker(): fork_process() == -1 -> "could not fork worker process: %m",
                      rw_crashed_at = now                    5800-5810  (no notification)
   The NEVER_RESTART worker is forgotten, and its bgw_notify_pid signalled, only on the next
-  maybe_start_bgworkers() pass (6020-6031) -- after select()'s stale 60 s timeout, unless
+  maybe_start_bgworkers() pass (6020-6024) -- after select()'s stale 60 s timeout, unless
   another signal or connection arrives.  A request that arrives while the postmaster is busy
   (signals blocked) is handled between the timeout's computation and select(): a lost wakeup.
   A successful fork is reported from the handler itself, so only failures are delayed.
+  After one loss the next is likely: the 60 s wake-up runs maybe_start_bgworkers() from
+  ServerLoop (1886) -- the waiter is signalled with signals blocked -- and then, once a
+  minute, RecheckDataDirLockFile() (1937-1939), which widens the window in which the
+  waiter's next request arrives before PG_SETMASK(&UnBlockSig).  (Measured: the losses
+  come in runs; this explanation fits them but is not proven.)
 PostgreSQL 16 (7389aad6, "Use WaitEventSet API for postmaster's event loop"): handlers only
   set a flag and the latch; ServerLoop computes DetermineSleepTime() at the top of every
   iteration, after the work, and a latch set at any time ends WaitEventSetWait() at once.

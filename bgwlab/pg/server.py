@@ -214,7 +214,13 @@ class Server:
         return self
 
     def _as_server_user(self, argv: list[str]) -> list[str]:
-        return (["runuser", "-u", self.run_as, "--"] + argv) if self.run_as else argv
+        if not self.run_as:
+            return argv
+        runuser = shutil.which("runuser", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+        if runuser is None:
+            raise PgUnavailable("running as root, but `runuser` (util-linux) is missing: it "
+                                "runs initdb as the postgres user")
+        return [runuser, "-u", self.run_as, "--"] + argv
 
     def _start(self, max_worker_processes: int, settings: dict, timeout: float) -> None:
         # /tmp keeps the probe's absolute path short (bgw_library_name holds 95 bytes).
