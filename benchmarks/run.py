@@ -151,7 +151,7 @@ def _git(*args) -> str:
 
 
 def _cpu_model() -> str:
-    from bgwlab.experiments import _cpu_model as cpu_model  # one definition of the machine's CPU
+    from bgwlab.lab.experiments.results import _cpu_model as cpu_model  # one definition of the machine's CPU
 
     return cpu_model()
 

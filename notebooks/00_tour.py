@@ -55,8 +55,8 @@
 import matplotlib.pyplot as plt
 
 from bgwlab import Cluster, HandleStatus, WorkerSpec, NEVER_RESTART
-from bgwlab.plots import plot_timeline
-from bgwlab.teaching import event_table, quick_mode
+from bgwlab.lab.plots import plot_timeline
+from bgwlab.lab.teaching import event_table, quick_mode
 
 QUICK = quick_mode()  # BGWLAB_QUICK=1: small trial counts everywhere
 print("quick mode" if QUICK else "full mode")

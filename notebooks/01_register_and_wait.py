@@ -41,8 +41,8 @@
 import matplotlib.pyplot as plt
 
 from bgwlab import Cluster, Fault, WorkerSpec
-from bgwlab.plots import plot_timeline
-from bgwlab.teaching import event_table, quick_mode, wait_for_event
+from bgwlab.lab.plots import plot_timeline
+from bgwlab.lab.teaching import event_table, quick_mode, wait_for_event
 
 QUICK = quick_mode()
 cluster = Cluster.start(max_workers=2)   # only two slots: reuse comes quickly

@@ -46,9 +46,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from bgwlab import Cluster, Fault, WorkerSpec, NEVER_RESTART
-from bgwlab.plots import plot_timeline
-from bgwlab.strategies import PRELOAD, Notify, Timeout
-from bgwlab.teaching import event_table, quick_mode
+from bgwlab.lab.plots import plot_timeline
+from bgwlab.lab.strategies import PRELOAD, Notify, Timeout
+from bgwlab.lab.teaching import event_table, quick_mode
 
 QUICK = quick_mode()
 T = 0.5 if QUICK else 5.0          # the "wait 5 s and give up" timeout
@@ -92,7 +92,7 @@ t[t.kind.isin(["registered", "fork_attempted", "fork_failed", "restart_scheduled
 # ## 3. Notification against "wait T seconds and give up"
 #
 # Now the two designs side by side, on the same failure. Both use the *sign-in*
-# convention of `bgwlab.strategies`: the worker's first act in user code is to create a
+# convention of `bgwlab.lab.strategies`: the worker's first act in user code is to create a
 # sentinel file. `Notify` additionally holds a handle and is woken by the postmaster;
 # `Timeout(T)` only looks for the sentinel until `T` has passed.
 

@@ -46,9 +46,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from bgwlab import Cluster, Fault, WorkerSpec, NEVER_RESTART
-from bgwlab.plots import plot_timeline
-from bgwlab.strategies import PRELOAD, Notify
-from bgwlab.teaching import event_table, quick_mode
+from bgwlab.lab.plots import plot_timeline
+from bgwlab.lab.strategies import PRELOAD, Notify
+from bgwlab.lab.teaching import event_table, quick_mode
 
 QUICK = quick_mode()
 cluster = Cluster.start(max_workers=4, preload=PRELOAD)

@@ -21,7 +21,7 @@
 # > start take now, and what does that do to a registrant that waits a fixed time?
 #
 # Haas: "*If you make it short, you may time out spuriously on a busy system.*" Two kinds
-# of busy, both in `bgwlab.load` and both always cleaned up:
+# of busy, both in `bgwlab.lab.load` and both always cleaned up:
 #
 # * `CpuHogs(n)` — `n` processes spinning in Python. With more runnable processes than
 #   cores, the postmaster, the new worker and the registrant queue for a CPU at every step.
@@ -43,10 +43,10 @@ import matplotlib.pyplot as plt
 import psutil
 
 from bgwlab import Cluster
-from bgwlab.experiments import run_grid
-from bgwlab.load import CpuHogs, PostmasterStalls
-from bgwlab.plots import plot_decomposition, plot_latency_cdf
-from bgwlab.teaching import quick_mode
+from bgwlab.lab.experiments import run_grid
+from bgwlab.lab.load import CpuHogs, PostmasterStalls
+from bgwlab.lab.plots import plot_decomposition, plot_latency_cdf
+from bgwlab.lab.teaching import quick_mode
 
 QUICK = quick_mode()
 TRIALS = 6 if QUICK else 60

@@ -21,7 +21,7 @@
 # > to report a failed start, and how often does each report a failure that did not
 # > happen?* — as a function of the timeout `T`.
 #
-# The strategies (`bgwlab.strategies`; every trial's worker *signs in* when it reaches user
+# The strategies (`bgwlab.lab.strategies`; every trial's worker *signs in* when it reaches user
 # code, by creating a sentinel file and setting the registrant's latch):
 #
 # | strategy | how it waits | verdict "failed" when… |
@@ -41,10 +41,10 @@
 # %%
 import matplotlib.pyplot as plt
 
-from bgwlab.experiments import headline_experiment
-from bgwlab.plots import plot_headline
-from bgwlab.teaching import quick_mode
-from bgwlab.widgets import ExperimentPanel
+from bgwlab.lab.experiments import headline_experiment
+from bgwlab.lab.plots import plot_headline
+from bgwlab.lab.teaching import quick_mode
+from bgwlab.lab.widgets import ExperimentPanel
 
 QUICK = quick_mode()
 

@@ -44,9 +44,9 @@ import time
 import matplotlib.pyplot as plt
 
 from bgwlab import Cluster, Fault, WorkerSpec, NEVER_RESTART
-from bgwlab.plots import plot_timeline
-from bgwlab.teaching import event_table, quick_mode
-from bgwlab.widgets import LiveTimeline
+from bgwlab.lab.plots import plot_timeline
+from bgwlab.lab.teaching import event_table, quick_mode
+from bgwlab.lab.widgets import LiveTimeline
 
 QUICK = quick_mode()
 cluster = Cluster.start(max_workers=6)

@@ -46,8 +46,8 @@ import matplotlib.pyplot as plt
 
 import bgwlab
 from bgwlab import Cluster, Fault, WorkerSpec
-from bgwlab.plots import plot_timeline
-from bgwlab.teaching import event_table, quick_mode, time_until_gone
+from bgwlab.lab.plots import plot_timeline
+from bgwlab.lab.teaching import event_table, quick_mode, time_until_gone
 
 QUICK = quick_mode()
 cluster = Cluster.start(max_workers=6)

@@ -59,7 +59,7 @@ import threading
 import matplotlib.pyplot as plt
 
 from bgwlab.latch import dispatcher
-from bgwlab.teaching import measure_wakeups, plot_wakeups, quick_mode, race_demo
+from bgwlab.lab.teaching import measure_wakeups, plot_wakeups, quick_mode, race_demo
 
 QUICK = quick_mode()
 print(f"this kernel runs {threading.active_count()} threads:",

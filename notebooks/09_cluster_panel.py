@@ -36,8 +36,8 @@
 # 4. A `sleep forever` worker, then **kill -9 postmaster**.
 
 # %%
-from bgwlab.teaching import quick_mode
-from bgwlab.widgets import ClusterPanel
+from bgwlab.lab.teaching import quick_mode
+from bgwlab.lab.widgets import ClusterPanel
 
 QUICK = quick_mode()
 panel = ClusterPanel(max_workers=4)

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from bgwlab.cli import build_parser, main
-from bgwlab.experiments import COLUMNS, load_results
+from bgwlab.lab.cli import build_parser, main
+from bgwlab.lab.experiments import COLUMNS, load_results
 
 
 def bgwlab_command() -> list[str]:
     script = Path(sys.executable).with_name("bgwlab")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "bgwlab.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "bgwlab.lab.cli"]
 
 
 def run(*args, env_extra=None, timeout=120) -> subprocess.CompletedProcess:

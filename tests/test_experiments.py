@@ -9,11 +9,11 @@ import psutil
 import pytest
 
 from bgwlab import Cluster, Event
-from bgwlab.experiments import (COLUMNS, SCENARIOS, death_experiment, ground_truth, headline_table,
-                                load_events, load_results, plan_grid, quick_mode, run_grid,
-                                run_metadata, run_trial, save_results)
-from bgwlab.load import LOADS, CpuHogs, PostmasterStalls, get_load
-from bgwlab.strategies import Notify, Timeout
+from bgwlab.lab.experiments import (COLUMNS, SCENARIOS, death_experiment, ground_truth,
+                                    headline_table, load_events, load_results, plan_grid,
+                                    quick_mode, run_grid, run_metadata, run_trial, save_results)
+from bgwlab.lab.load import LOADS, CpuHogs, PostmasterStalls, get_load
+from bgwlab.lab.strategies import Notify, Timeout
 
 from conftest import wait_until
 
@@ -65,7 +65,7 @@ def test_truth_in_rows_matches_the_saved_events(grid):
 
 
 def test_trial_order_is_shuffled_within_each_load_and_reproducible():
-    from bgwlab.experiments import _expand_strategies
+    from bgwlab.lab.experiments.grids import _expand_strategies
 
     sts = _expand_strategies(["notify", "timeout"], [0.01, 0.1], 0.01)
     plan = plan_grid(["ok", "fork_failure", "busy"], sts, ["idle"], 5, random.Random(3))

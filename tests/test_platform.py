@@ -63,7 +63,7 @@ try:
     elif action == "from-import":
         from bgwlab import attach
     elif action == "submodule":
-        from bgwlab.experiments import run_grid
+        from bgwlab.lab.experiments import run_grid
     elif action == "fault":
         out["fault"] = bgwlab.Fault.crash_before_main(exit_code=1).describe()
         raise SystemExit
@@ -203,7 +203,7 @@ if sys.argv[1] == "postmaster":
     sys.argv = ["bgwlab.postmaster", "/nonexistent"]
     runpy.run_module("bgwlab.postmaster", run_name="__main__", alter_sys=True)
 else:
-    from bgwlab.cli import main
+    from bgwlab.lab.cli import main
     sys.exit(main(["list"]))
 '''
     for what in ("postmaster", "cli"):

@@ -13,10 +13,10 @@ import pytest
 from matplotlib.testing.compare import compare_images
 
 from bgwlab import Event
-from bgwlab.experiments import COLUMNS, load_events, load_results, save_results
-from bgwlab.plots import (LabFigure, plot_death_detection, plot_decomposition, plot_headline,
-                          plot_latency_cdf, plot_timeline, plot_verdict_matrix, save_figure,
-                          split_events_by_load, wilson_interval)
+from bgwlab.lab.experiments import COLUMNS, load_events, load_results, save_results
+from bgwlab.lab.plots import (LabFigure, plot_death_detection, plot_decomposition, plot_headline,
+                              plot_latency_cdf, plot_timeline, plot_verdict_matrix, save_figure,
+                              split_events_by_load, wilson_interval)
 
 
 def _row(**kw):

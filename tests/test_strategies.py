@@ -11,9 +11,9 @@ import os
 import pytest
 
 from bgwlab import Cluster, Fault, WorkerSpec
-from bgwlab.experiments import TrialRunner, ground_truth
-from bgwlab.strategies import (PRELOAD, SENTINEL_ENTRY, Notify, Outcome, PollPid, Timeout,
-                               make_strategy, parse_extra, sentinel_path, sentinel_spec)
+from bgwlab.lab.experiments import TrialRunner, ground_truth
+from bgwlab.lab.strategies import (PRELOAD, SENTINEL_ENTRY, Notify, Outcome, PollPid, Timeout,
+                                   make_strategy, parse_extra, sentinel_path, sentinel_spec)
 
 from conftest import wait_until
 

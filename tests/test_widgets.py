@@ -11,8 +11,8 @@ import threading
 import pytest
 
 from bgwlab.events import Event
-from bgwlab.widgets import (ENTRIES, FAULTS, ClusterController, EventTail, ExperimentController,
-                            latest_handles, process_tree)
+from bgwlab.lab.widgets import (ENTRIES, FAULTS, ClusterController, EventTail, ExperimentController,
+                                latest_handles, process_tree)
 from conftest import wait_until
 
 ipywidgets = pytest.importorskip("ipywidgets")
@@ -36,7 +36,7 @@ def _draw_every_font():
 def fonts_loaded():
     """Draw once before the tests, on the widgets' drawing thread: matplotlib keeps the
     font files it used open (per thread, for the life of the process)."""
-    from bgwlab.widgets import on_draw_thread, render_timeline_png
+    from bgwlab.lab.widgets import on_draw_thread, render_timeline_png
 
     on_draw_thread(_draw_every_font)
     render_timeline_png([Event(0, "registered", "backend", 1, 0, 1),
@@ -140,7 +140,7 @@ def test_slot_exhaustion_and_postmaster_death_show_up_in_the_panel_state(control
 
 # -- the cluster panel (the view) -------------------------------------------------------------------
 def test_cluster_panel_buttons_drive_the_cluster():
-    from bgwlab.widgets import ClusterPanel
+    from bgwlab.lab.widgets import ClusterPanel
 
     panel = ClusterPanel(max_workers=2, auto_refresh=False)
     try:
@@ -171,7 +171,7 @@ def test_cluster_panel_buttons_drive_the_cluster():
 
 
 def test_cluster_panel_refreshes_itself_and_draws_the_timeline():
-    from bgwlab.widgets import ClusterPanel
+    from bgwlab.lab.widgets import ClusterPanel
 
     panel = ClusterPanel(max_workers=2, auto_refresh=True, period=0.05)
     try:
@@ -190,7 +190,7 @@ def test_cluster_panel_refreshes_itself_and_draws_the_timeline():
 
 def test_live_timeline_redraws_as_events_arrive_and_stops_with_the_cluster():
     from bgwlab import Cluster, WorkerSpec
-    from bgwlab.widgets import LiveTimeline
+    from bgwlab.lab.widgets import LiveTimeline
 
     with Cluster.start(max_workers=2) as cluster:
         live = LiveTimeline(cluster, period=0.05)
@@ -245,7 +245,7 @@ def test_experiment_cancel_stops_after_the_current_trial():
 
 
 def test_experiment_panel_run_button_progress_and_figure():
-    from bgwlab.widgets import ExperimentPanel
+    from bgwlab.lab.widgets import ExperimentPanel
 
     panel = ExperimentPanel(scenarios=("ok", "fork_failure"), strategies=("notify", "timeout"),
                             T=0.02, load="idle", trials=1)
@@ -277,7 +277,7 @@ def test_experiment_panel_works_in_a_fresh_process_whose_first_connect_is_in_a_t
     import subprocess
     import sys
 
-    code = ("from bgwlab.widgets import ExperimentController\n"
+    code = ("from bgwlab.lab.widgets import ExperimentController\n"
             "c = ExperimentController(scenarios=('fork_failure',), strategies=('notify',))\n"
             "c.start(0.02, 'idle', 1)\n"
             "assert c.wait(60)\n"

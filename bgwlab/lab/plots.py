@@ -96,7 +96,7 @@ def _failed_rows(df):
 def plot_headline(df, ax=None):
     """Left: time to report a failed start vs T.  Right: spurious-timeout rate vs T per load.
 
-    ``df``: results with the columns of ``bgwlab.experiments.COLUMNS``.  Timeout(T) is one
+    ``df``: results with the columns of ``bgwlab.lab.experiments.COLUMNS``.  Timeout(T) is one
     point per T (median, band p10-p90); notify and poll_pid have no T and are drawn as
     horizontal reference lines.  ``ax``: None (new two-panel figure), a pair of axes, or
     one axes (the rate then goes on a twin y axis).

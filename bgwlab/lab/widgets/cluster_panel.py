@@ -1,53 +1,38 @@
-"""Interactive controls for the notebooks: a cluster panel, a live timeline, an experiment panel.
+"""The cluster panel: drive a live cluster with buttons, watch statuses, processes and events.
 
-Two layers, so that everything that can go wrong is testable without a browser:
+``ClusterController`` holds the state and does the work -- start/stop a cluster, register
+workers (what they run, a fault, a restart policy: ``ENTRIES``, ``FAULTS``, ``RESTARTS``),
+terminate one, kill -9 the postmaster -- with a waiter thread per worker that records
+what ``wait_for_startup()`` and ``wait_for_shutdown()`` returned; it never imports
+ipywidgets, so tests drive it by calls.  ``ClusterPanel`` is its ipywidgets view:
+controls, workers table, process tree, event log and live timeline (notebook 09)::
 
-* **Controllers** (``ClusterController``, ``ExperimentController``) hold the state and do
-  the work.  They never import ipywidgets; tests call their methods and check their
-  state.  Long work (waiting for a worker, running trials) runs in daemon threads, so the
-  Jupyter kernel stays responsive; nothing here forks the kernel (the cluster's
-  postmaster is a separate process started by ``Cluster.start``).
-* **Views** (``ClusterPanel``, ``LiveTimeline``, ``ExperimentPanel``) lay out ipywidgets,
-  forward clicks to a controller and redraw from its ``snapshot()``.  A view refreshes
-  itself from a background thread a few times a second (UI refresh only: the waits
-  themselves sleep on latches, never on a timer).
-
-Typical use in a notebook::
-
-    from bgwlab.widgets import ClusterPanel
+    from bgwlab.lab.widgets import ClusterPanel
     panel = ClusterPanel(max_workers=4)
     panel.start_cluster()
-    panel            # displays: start/stop, register (with a fault), terminate, kill -9
-
-Every view has ``close()``: it stops its refresh thread (and, for the cluster panel, the
-cluster).
+    panel
 """
 
 from __future__ import annotations
 
 import errno as _errno
-import html
-import io
 import itertools
-import os
 import signal as _signal
 import threading
 import time
 from dataclasses import dataclass, field
 
-from .events import Event, parse_line
+from ...events import Event
+from .common import EventTail, _esc, _install_dispatcher, _Refresher
+from .timeline import render_timeline_png
 
-__all__ = [
-    "FAULTS", "ENTRIES", "EventTail", "WorkerRow", "ClusterController", "ExperimentController",
-    "process_tree", "format_event", "render_timeline_png", "latest_handles", "LOAD_NAMES",
-    "on_draw_thread",
-    "ClusterPanel", "LiveTimeline", "ExperimentPanel",
-]
+__all__ = ["FAULTS", "ENTRIES", "RESTARTS", "WorkerRow", "ClusterController", "ClusterPanel",
+           "process_tree", "format_event", "workers_html", "tree_html"]
 
 
 # -- what the menus offer ------------------------------------------------------------------
 def _faults():
-    from .spec import Fault
+    from ...spec import Fault
 
     return {
         "no fault": None,
@@ -76,42 +61,6 @@ ENTRIES = {
 MISSING_ENTRY = "bgwlab.no_such_module:main"
 
 RESTARTS = {"never restart": -1, "restart after 1 s": 1, "restart after 0.2 s": 0.2}
-
-LOAD_NAMES = ("idle", "hogs", "stalls", "busy")
-"""The loads of ``bgwlab.experiments.run_grid`` offered by the experiment panel."""
-
-
-# -- reading events as they arrive -----------------------------------------------------------
-class EventTail:
-    """Reads the events appended to a cluster's ``events.jsonl`` since the last call.
-
-    Keeps a byte offset and holds back a trailing partial line until it is complete.
-    A missing file (cluster not started yet, or removed at stop) reads as no new events.
-    """
-
-    def __init__(self, path):
-        self.path = str(path)
-        self._offset = 0
-        self._partial = b""
-
-    def read_new(self) -> list[Event]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        self._offset += len(data)
-        data = self._partial + data
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
-        out = []
-        for line in lines:
-            if line.strip():
-                e = parse_line(line.decode("utf-8", errors="replace"))
-                if e is not None:
-                    out.append(e)
-        return out
 
 
 def format_event(e: Event, t0_ns: int) -> str:
@@ -146,19 +95,6 @@ def process_tree(root_pid: int, labels: dict | None = None) -> list[tuple[int, i
     except psutil.NoSuchProcess:
         return []
     return rows
-
-
-def _install_dispatcher() -> None:
-    """Install bgwlab's SIGUSR1 dispatcher now, if this is the main thread.
-
-    A process's first ``connect()`` must run in its main thread (only it may set signal
-    handlers).  Controllers are built in a notebook cell -- the main thread -- while their
-    work later runs in other threads: installing here makes that work.
-    """
-    if threading.current_thread() is threading.main_thread():
-        from .latch import dispatcher
-
-        dispatcher.install()
 
 
 # -- the cluster panel's model -------------------------------------------------------------------
@@ -214,7 +150,7 @@ class ClusterController:
 
     def start(self) -> None:
         """Start a cluster (stopping the previous one, if any) and attach as a backend."""
-        from .cluster import Cluster
+        from ...cluster import Cluster
 
         self.stop()
         with self._lock:
@@ -253,8 +189,8 @@ class ClusterController:
 
         Problems (no cluster, no free slot, dead postmaster) go to ``message``, not exceptions.
         """
-        from .errors import BgwError
-        from .spec import WorkerSpec
+        from ...errors import BgwError
+        from ...spec import WorkerSpec
 
         if entry not in ENTRIES:
             raise ValueError(f"entry must be one of {list(ENTRIES)}")
@@ -425,179 +361,11 @@ class ClusterController:
             return list(self.events)
 
 
-# -- the experiment panel's model ------------------------------------------------------------
-class ExperimentController:
-    """Re-runs a small notification-vs-timeout experiment for chosen T, load and trials.
-
-    ``start(T, load, trials)`` runs ``bgwlab.experiments.run_grid`` trial by trial in a
-    background thread (the progress counters ``done``/``total`` advance after each
-    trial); ``wait()`` joins it; ``results`` is the DataFrame so far.  ``cancel()`` stops
-    after the current trial.
-    """
-
-    def __init__(self, scenarios=("ok", "fork_failure"), strategies=("notify", "timeout"),
-                 on_progress=None):
-        self.scenarios = tuple(scenarios)
-        self.strategies = tuple(strategies)
-        self.on_progress = on_progress
-        self.results = None
-        self.error: str | None = None
-        self.done = 0
-        self.total = 0
-        self.finished = True
-        self.params: dict = {}
-        self._thread: threading.Thread | None = None
-        self._cancel = threading.Event()
-        _install_dispatcher()  # the runs connect from a background thread
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self, timeout_s: float, load: str, trials: int) -> None:
-        """Run in the background: ``trials`` rounds of every scenario x strategy at (T, load).
-
-        ``load``: a load name of ``run_grid`` (``"idle"``, ``"hogs"``, ``"stalls"``, ``"busy"``).
-        """
-        if self.running:
-            raise RuntimeError("an experiment is already running; cancel() it or wait()")
-        if trials < 1:
-            raise ValueError("trials must be at least 1")
-        self.params = dict(timeout_s=float(timeout_s), load=str(load), trials=int(trials))
-        self.done, self.total = 0, int(trials)
-        self.results, self.error = None, None
-        self.finished = False
-        self._cancel.clear()
-        self._thread = threading.Thread(target=self._run, name="bgwlab-experiment", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        import pandas as pd
-
-        from . import experiments
-
-        p = self.params
-        parts = []
-        try:
-            for trial in range(p["trials"]):
-                if self._cancel.is_set():
-                    break
-                df = experiments.run_grid(list(self.scenarios), list(self.strategies),
-                                          [p["timeout_s"]], [p["load"]], 1,
-                                          progress=False, seed=trial)
-                df["trial"] = trial
-                parts.append(df)
-                self.results = pd.concat(parts, ignore_index=True)
-                self.results.attrs.update(parts[0].attrs)
-                self.done = trial + 1
-                self._progress()
-        except Exception as e:
-            self.error = f"{type(e).__name__}: {e}"
-        self.finished = True
-        self._progress()
-
-    def _progress(self):
-        if self.on_progress is not None:
-            try:
-                self.on_progress()
-            except Exception:
-                pass
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Join the run; True if it has finished."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return not self.running
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    def summary(self):
-        """Per scenario x strategy: trials, median time to verdict, wrong verdicts (a timed_out
-        failure counts as right), spurious timeouts, and the verdicts (a DataFrame)."""
-        df = self.results
-        if df is None or df.empty:
-            return None
-        g = df.groupby(["scenario", "strategy"])
-        out = g.agg(trials=("trial", "size"),
-                    median_ms=("time_to_verdict_ms", "median"),
-                    wrong=("correct", lambda c: int((~c.astype(bool)).sum())),
-                    spurious=("spurious_timeout", lambda c: int(c.astype(bool).sum())))
-        out["verdicts"] = g["verdict"].agg(lambda v: ", ".join(f"{k}:{n}" for k, n in v.value_counts().items()))
-        return out.reset_index()
-
-
-# -- drawing ----------------------------------------------------------------------------------
-def latest_handles(events, n: int = 3, slots=None) -> list[tuple[int, int]]:
-    """(slot, generation) of the `n` most recent registrations in `events` (optionally in `slots`)."""
-    seen = []
-    for e in sorted(events, key=lambda e: e.t_ns):
-        if e.kind == "registered" and (slots is None or e.slot in slots):
-            key = (e.slot, e.generation)
-            if key in seen:
-                seen.remove(key)
-            seen.append(key)
-    return seen[-n:]
-
-
-_drawer = None
-_drawer_pid = None
-_drawer_lock = threading.Lock()
-
-
-def on_draw_thread(fn, *args, **kwargs):
-    """Run `fn` on this process's one drawing thread and return its result.
-
-    matplotlib is not thread-safe, and it caches open font files per thread: every
-    widget therefore draws on one long-lived thread, whichever thread asks.
-    """
-    global _drawer, _drawer_pid
-    from concurrent.futures import ThreadPoolExecutor
-
-    with _drawer_lock:
-        if _drawer is None or _drawer_pid != os.getpid():
-            _drawer = ThreadPoolExecutor(1, thread_name_prefix="bgwlab-draw")
-            _drawer_pid = os.getpid()
-        drawer = _drawer
-    return drawer.submit(fn, *args, **kwargs).result()
-
-
-def render_timeline_png(events, slots=None, n_handles: int = 3, width_in: float = 9.0) -> bytes:
-    """``bgwlab.plots.plot_timeline`` of the latest `n_handles` workers in `events`, as PNG bytes.
-
-    Callable from any thread (it draws on the drawing thread, on a bare Figure, no pyplot).
-    """
-    return on_draw_thread(_render_timeline, events, slots, n_handles, width_in)
-
-
-def _render_timeline(events, slots, n_handles, width_in) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from . import plots
-
-    handles = latest_handles(events, n_handles, slots)
-    fig = Figure(figsize=(width_in, 1.0 + 1.0 * max(1, len(handles))), dpi=80, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    if handles:
-        plots.plot_timeline(events, ax=ax, slots=handles, max_handles=n_handles)
-    else:
-        ax.text(0.5, 0.5, "no worker registered yet", ha="center", va="center", transform=ax.transAxes)
-        ax.set_axis_off()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
+# -- drawing the panel ----------------------------------------------------------------------
 _STATUS_COLOURS = {"STARTED": "#1b7f3b", "NOT_YET_STARTED": "#a66a00", "STOPPED": "#555",
                    "POSTMASTER_DIED": "#b00020"}
 _STATE_COLOURS = {"running": "#1b7f3b", "crash_recovery": "#a66a00", "dead": "#b00020",
                   "stopped": "#555", "not started": "#555"}
-
-
-def _esc(x) -> str:
-    return html.escape("" if x is None else str(x))
 
 
 def workers_html(rows: list[dict]) -> str:
@@ -633,33 +401,7 @@ def tree_html(tree, postmaster_pid) -> str:
             + _esc("\n".join(lines)) + "</pre>")
 
 
-# -- views ------------------------------------------------------------------------------------
-class _Refresher:
-    """A daemon thread that calls `tick()` every `period` seconds until stopped."""
-
-    def __init__(self, tick, period: float):
-        self._tick, self._period = tick, period
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bgwlab-widget-refresh", daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while not self._stop.wait(self._period):
-            try:
-                self._tick()
-            except Exception:
-                pass
-
-    def stop(self):
-        self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-
+# -- the view -------------------------------------------------------------------------------
 class ClusterPanel:
     """The cluster panel: controls, workers table, process tree, event log, live timeline.
 
@@ -827,141 +569,3 @@ class ClusterPanel:
         from IPython.display import display
 
         display(self.widget)
-
-
-class LiveTimeline:
-    """A timeline of a cluster's events that redraws as events arrive.
-
-    ``LiveTimeline(cluster)`` (or a path to an events.jsonl); ``stop()`` ends the refresh
-    thread (it also ends by itself once the cluster has stopped).  It shows the latest
-    ``n_handles`` registrations (optionally only those in ``slots``).
-    """
-
-    def __init__(self, cluster_or_path, slots=None, n_handles: int = 4, period: float = 0.5,
-                 auto_refresh: bool = True):
-        import ipywidgets as w
-
-        self._cluster = None if isinstance(cluster_or_path, (str, os.PathLike)) else cluster_or_path
-        path = cluster_or_path if self._cluster is None else self._cluster.events_path
-        self.tail = EventTail(path)
-        self.slots = slots
-        self.n_handles = n_handles
-        self.events: list[Event] = []
-        self.draws = 0
-        self.image = w.Image(format="png", layout=w.Layout(width="100%", max_width="820px"))
-        self.caption = w.HTML()
-        self.widget = w.VBox([self.caption, self.image])
-        self.refresh(force=True)
-        self._refresher = _Refresher(self.refresh, period) if auto_refresh else None
-
-    def refresh(self, force: bool = False) -> bool:
-        new = self.tail.read_new()
-        if self._cluster is not None and not self._cluster.alive and self._refresher is not None:
-            if not new:  # nothing more will come
-                self._refresher._stop.set()
-        if not new and not force:
-            return False
-        self.events = sorted(self.events + new, key=lambda e: e.t_ns)
-        shown = [e for e in self.events if e.slot >= 0]
-        self.image.value = render_timeline_png(shown, slots=self.slots, n_handles=self.n_handles)
-        self.draws += 1
-        self.caption.value = f"<small>{len(self.events)} events, redrawn as they arrive</small>"
-        return True
-
-    def stop(self) -> None:
-        if self._refresher is not None:
-            self._refresher.stop()
-        self.refresh()
-
-    close = stop
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
-
-
-class ExperimentPanel:
-    """Sliders for T, load and trials; "run" re-runs the experiment in a thread with a progress bar.
-
-    Shows the verdicts per scenario and strategy, and the headline figure of what ran.
-    """
-
-    def __init__(self, scenarios=("ok", "fork_failure"), strategies=("notify", "timeout"),
-                 T=0.05, load="idle", trials=3, max_trials=30):
-        import ipywidgets as w
-
-        self.controller = ExperimentController(scenarios, strategies, on_progress=self._on_progress)
-        self.T = w.FloatLogSlider(value=T, base=10, min=-2, max=1, step=0.1, description="T (s)",
-                                  readout_format=".2f", continuous_update=False)
-        self.load = w.SelectionSlider(options=list(LOAD_NAMES), value=load, description="load",
-                                      continuous_update=False)
-        self.trials = w.IntSlider(value=trials, min=1, max=max_trials, description="trials",
-                                  continuous_update=False)
-        self.run_button = w.Button(description="run", icon="play", button_style="primary")
-        self.cancel_button = w.Button(description="cancel", icon="stop")
-        self.progress = w.IntProgress(value=0, min=0, max=1, description="0 / 0")
-        self.table = w.HTML()
-        self.figure = w.Image(format="png", layout=w.Layout(width="100%", max_width="820px"))
-        self.run_button.on_click(lambda _: self.run())
-        self.cancel_button.on_click(lambda _: self.controller.cancel())
-        self.widget = w.VBox([w.HBox([self.T, self.load, self.trials]),
-                              w.HBox([self.run_button, self.cancel_button, self.progress]),
-                              self.table, self.figure])
-        self.widget.add_class("bgwlab-experiment-panel")
-
-    def run(self):
-        """Start a run with the sliders' values (returns at once; the run is in a thread)."""
-        c = self.controller
-        if c.running:
-            return
-        c.start(self.T.value, self.load.value, self.trials.value)
-        self.progress.max = max(1, c.total)
-        self.progress.value = 0
-        self.progress.description = f"0 / {c.total}"
-        self.run_button.disabled = True
-        self.table.value = f"<i>running: T={self.T.value:.3f} s, load {self.load.value}…</i>"
-
-    def _on_progress(self):
-        c = self.controller
-        self.progress.value = c.done
-        self.progress.description = f"{c.done} / {c.total}"
-        s = c.summary()
-        if s is not None:
-            self.table.value = s.to_html(index=False, float_format=lambda x: f"{x:.1f}")
-        if c.error:
-            self.table.value += f"<p style='color:#b00020'>{_esc(c.error)}</p>"
-        if c.finished:
-            self.run_button.disabled = False
-            if c.results is not None and not c.results.empty:
-                self.figure.value = _headline_png(c.results)
-
-    def wait(self, timeout=None) -> bool:
-        return self.controller.wait(timeout)
-
-    def close(self):
-        self.controller.cancel()
-        self.controller.wait(60)
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
-
-
-def _headline_png(df) -> bytes:
-    return on_draw_thread(_render_headline, df)
-
-
-def _render_headline(df) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from . import plots
-
-    fig = Figure(figsize=(10, 3.6), dpi=90, layout="constrained")
-    FigureCanvasAgg(fig)
-    plots.plot_headline(df, ax=list(fig.subplots(1, 2)))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()

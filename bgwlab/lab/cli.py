@@ -5,7 +5,7 @@
     bgwlab plot RESULTS.csv --out DIR      redraw figures from saved results
     bgwlab list                            scenarios, loads, strategies, experiments
 
-It calls the same Python API as the notebooks (``bgwlab.experiments``, ``bgwlab.plots``).
+It calls the same Python API as the notebooks (``bgwlab.lab.experiments``, ``bgwlab.lab.plots``).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bgwlab", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    from . import __version__
+    from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"bgwlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -104,7 +104,7 @@ def time_until_gone(pids, since_ns: int, timeout: float = 10.0) -> dict:
 
 # -- notebook 08: the lost wakeup ------------------------------------------------------------
 def _dispatcher():
-    from .latch import dispatcher
+    from ..latch import dispatcher
 
     dispatcher.install()  # first call must be in the main thread (a notebook cell is)
     return dispatcher
@@ -122,7 +122,7 @@ def race_demo(timeout: float = 0.3, send_after: float = 0.05):
     """
     import pandas as pd
 
-    from .latch import EventfdLatch
+    from ..latch import EventfdLatch
 
     d = _dispatcher()
     rows = []
@@ -207,7 +207,7 @@ def _signal_trial(mechanism: str, pinger, delay_ms: float, d) -> tuple[float, fl
     "Look" = is the pinger's reply readable (a stand-in for reading a slot in shared
     memory); the sleep is the mechanism under test.  Spurious wakeups just loop.
     """
-    from .latch import EventfdLatch, PipeLatch
+    from ..latch import EventfdLatch, PipeLatch
 
     out = pinger.stdout.fileno()
     end = time.monotonic() + 5.0

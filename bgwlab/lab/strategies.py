@@ -62,8 +62,8 @@ __all__ = ["Outcome", "Strategy", "Notify", "Timeout", "PollPid", "make_strategy
            "sentinel_worker", "sentinel_spec", "sentinel_path", "exit_path", "parse_extra",
            "SENTINEL_ENTRY", "PRELOAD", "STRATEGY_NAMES", "VERDICTS"]
 
-SENTINEL_ENTRY = "bgwlab.strategies:sentinel_worker"
-PRELOAD = ("bgwlab.examples", "bgwlab.strategies")
+SENTINEL_ENTRY = "bgwlab.lab.strategies:sentinel_worker"
+PRELOAD = ("bgwlab.examples", "bgwlab.lab.strategies")
 """What to pass as ``Cluster.start(preload=...)`` so workers need not import this module."""
 
 VERDICTS = ("started", "failed", "timed_out")
@@ -83,7 +83,7 @@ def parse_extra(extra: bytes) -> tuple[int, int, str]:
     except (ValueError, UnicodeDecodeError):
         raise ValueError(
             "this spec's extra does not name a sentinel directory; build the spec with "
-            "bgwlab.strategies.sentinel_spec(...) or strategy.make_spec(...)") from None
+            "bgwlab.lab.strategies.sentinel_spec(...) or strategy.make_spec(...)") from None
 
 
 def sentinel_path(directory, slot: int, generation: int) -> str:
@@ -112,7 +112,7 @@ def sentinel_worker(run_ms: int) -> None:
     registrant, send it SIGUSR1 through a pidfd checked against its start time (so a
     recycled pid is never signalled).
     """
-    from . import worker
+    from .. import worker
 
     info = worker.current()
     pid, start, directory = parse_extra(info.extra)
@@ -120,7 +120,7 @@ def sentinel_worker(run_ms: int) -> None:
     if pid > 0:
         import signal
 
-        from .procinfo import open_pidfd
+        from ..procinfo import open_pidfd
 
         fd = open_pidfd(pid, start)
         if fd is not None:
@@ -143,8 +143,8 @@ def sentinel_spec(directory, *, name: str = "trial", run_ms: int = 10, fault=Non
     ``notify``: the postmaster signals this process on fork/exit (``bgw_notify_pid``).
     ``sign_in_signal``: the worker signals this process when it reaches user code.
     """
-    from .procinfo import start_ticks
-    from .spec import NEVER_RESTART, WorkerSpec
+    from ..procinfo import start_ticks
+    from ..spec import NEVER_RESTART, WorkerSpec
 
     if sign_in_signal:
         me = os.getpid()
@@ -257,8 +257,8 @@ class Notify(Strategy):
     uses_sign_in_signal = True
 
     def _decide(self, backend, handle, sentinel, t0_ns):
-        from .backend import POSTMASTER_DIED, STOPPED
-        from .latch import Latch, dispatcher
+        from ..backend import POSTMASTER_DIED, STOPPED
+        from ..latch import Latch, dispatcher
 
         status, _pid = handle.wait_for_startup()  # STARTED (forked) | STOPPED | POSTMASTER_DIED
         if status is STOPPED:
@@ -304,7 +304,7 @@ class PollPid(Strategy):
         return "poll_pid" if self.poll_s == DEFAULT_POLL_S else f"poll_pid({self.poll_s:g})"
 
     def _decide(self, backend, handle, sentinel, t0_ns):
-        from .backend import STOPPED
+        from ..backend import STOPPED
 
         while True:
             status, _pid = handle.get_pid()
