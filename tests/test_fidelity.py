@@ -40,6 +40,13 @@ def start_sleeper(backend, cluster, **kw):
     return h, pid
 
 
+def ignores(pid: int, sig: int) -> bool:
+    """Whether process `pid` ignores `sig` now (the SigIgn mask of /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn:"))
+    return bool(mask & (1 << (sig - 1)))
+
+
 def exited(cluster, h):
     e = wait_for_event(cluster, h, "exited")
     return e.detail["exit_code"], e.detail["signal"]
@@ -104,8 +111,9 @@ def test_request_first_seen_during_a_crash_restart_is_served_after_it(cluster, b
     recovers came after the crash and is served when recovery ends, not forgotten."""
     holdout = backend.register_dynamic_worker(WorkerSpec(
         name="holdout", entry="bgwlab.examples:ignore_term_and_quit", main_arg=60_000))
-    assert holdout.wait_for_startup()[0] is STARTED
-    wait_for_event(cluster, holdout, "reached_main")  # its SIGQUIT is ignored from here on
+    status, holdout_pid = holdout.wait_for_startup()
+    assert status is STARTED
+    wait_until(lambda: ignores(holdout_pid, signal.SIGQUIT), what="the holdout to ignore SIGQUIT")
     crasher = backend.register_dynamic_worker(WorkerSpec(name="crasher", entry="bgwlab.examples:crash",
                                                          main_arg=int(signal.SIGSEGV)))
     # the holdout keeps the postmaster in recovery until its grace period ends (SIGKILL);
@@ -131,8 +139,9 @@ def test_registering_while_the_cluster_shuts_down_reads_stopped(cluster, backend
     reads STOPPED.  Registering is not an error while the postmaster lives."""
     holdout = backend.register_dynamic_worker(WorkerSpec(
         name="holdout", entry="bgwlab.examples:ignore_term_and_quit", main_arg=60_000))
-    assert holdout.wait_for_startup()[0] is STARTED
-    wait_for_event(cluster, holdout, "reached_main")
+    status, holdout_pid = holdout.wait_for_startup()
+    assert status is STARTED
+    wait_until(lambda: ignores(holdout_pid, signal.SIGTERM), what="the holdout to ignore SIGTERM")
     cluster.kill_postmaster(signal.SIGTERM)  # shutdown: waits for the holdout (then SIGKILL)
     wait_until(lambda: cluster.state() == "shutdown", what="the shutdown to begin")
     h = backend.register_dynamic_worker(WorkerSpec(name="late", entry="bgwlab.examples:sleep_forever"))

@@ -129,7 +129,9 @@ STORMS = {
 @pytest.mark.parametrize("storm", sorted(STORMS))
 def test_restart_storm_is_bounded_by_the_restart_interval(storm, capsys):
     """A worker that fails every time is restarted no sooner than `restart` seconds after
-    each failure -- even while other registrations keep waking the postmaster."""
+    each failure -- even while other registrations keep waking the postmaster.  A crash is
+    the exception, as in PostgreSQL (ResetBackgroundWorkerCrashTimes): the worker starts
+    again at once after each crash-restart cycle, which is what bounds that storm."""
     interval, attempts = 0.25, 5
     with Cluster.start(max_workers=8) as cluster:
         b = cluster.connect()
@@ -163,12 +165,17 @@ def test_restart_storm_is_bounded_by_the_restart_interval(storm, capsys):
         ends = [e.t_ns for e in mine if e.kind in ("exited", "fork_failed")]
         assert len(starts) >= attempts and len(ends) >= len(starts) - 1
         gaps = [starts[i + 1] - ends[i] for i in range(len(starts) - 1)]
-        assert min(gaps) >= interval * 1e9, f"restarted {min(gaps) / 1e9:.3f}s after a failure"
         window = (starts[-1] - starts[0]) / 1e9
-        assert len(starts) - 1 <= window / interval + 1e-9
+        if storm == "crash":  # every restart comes straight after a crash-restart ends
+            recovered = [e.t_ns for e in evs if e.kind == "crash_restart" and e.detail.get("phase") == "end"]
+            assert len(recovered) >= len(starts) - 1
+            for i in range(len(starts) - 1):
+                assert any(ends[i] < t <= starts[i + 1] for t in recovered), (i, mine)
+            assert not [e for e in mine if e.kind == "restart_scheduled"]  # no interval is waited for
+        else:
+            assert min(gaps) >= interval * 1e9, f"restarted {min(gaps) / 1e9:.3f}s after a failure"
+            assert len(starts) - 1 <= window / interval + 1e-9
         assert all(s is STOPPED for s in noise) and len(noise) > 0
-        if storm == "crash":
-            assert sum(e.kind == "crash_restart" and e.detail.get("phase") == "begin" for e in evs) >= attempts
         b.detach()
     with capsys.disabled():
         print(f"\nrestart storm {storm}: interval {interval}s, {len(starts)} attempts in {window:.2f}s "
