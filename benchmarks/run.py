@@ -157,13 +157,15 @@ def _cpu_model() -> str:
 
 
 def machine_metadata() -> dict:
+    from bgwlab.lab.load import cpu_info
+
     status = _git("status", "--porcelain")
     return {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "hostname": platform.node(),
         "platform": platform.platform(),
         "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
+        **cpu_info(),  # cpu_count (the host's), cpu_affinity, cpu_quota, usable_cpus
         "python": sys.version.split()[0],
         "python_implementation": platform.python_implementation(),
         "commit": _git("rev-parse", "HEAD"),

@@ -19,11 +19,20 @@ registrant was willing to wait.  Two knobs, both context managers that always cl
 
 ``Load`` names a combination (``LOADS``: idle, hogs, stalls, busy) and ``Load.apply(cluster)``
 enters both.
+
+``usable_cpus()``
+    How many CPUs *this process* may use: its CPU affinity (``os.sched_getaffinity``)
+    and its cgroup's CPU quota (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` /
+    ``cpu.cfs_period_us``), not ``os.cpu_count()``, which counts the host's CPUs.  A lab
+    machine is shared: a container limited to 2 CPUs on a 64-core host gets 4 hogs by
+    default, not 128.  Everything that scales with the CPUs (default hogs, default
+    parallelism) asks this function; ``cpu_info()`` gives all the numbers for metadata.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -33,7 +42,117 @@ from dataclasses import dataclass
 
 import psutil
 
-__all__ = ["CpuHogs", "PostmasterStalls", "Load", "LOADS", "get_load"]
+__all__ = ["CpuHogs", "PostmasterStalls", "Load", "LOADS", "get_load", "usable_cpus",
+           "cgroup_cpu_quota", "cpu_info"]
+
+
+def _read(path) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _under(root: str, path: str) -> str:
+    return os.path.join(root, path.lstrip("/"))
+
+
+def _cgroup_dirs(root: str) -> tuple[str, list[str]] | None:
+    """("v1" | "v2", [this process's cpu cgroup directory, its parent, ... up to the mount]).
+
+    /proc/self/cgroup says which hierarchy holds the cpu controller for this process: a
+    v1 line ``N:cpu,cpuacct:/path`` if the cpu controller is on a v1 hierarchy (the hybrid
+    layout too), otherwise the v2 line ``0::/path``.  /proc/self/mountinfo says where that
+    hierarchy is mounted and which of its cgroups the mount shows (in a container without
+    a cgroup namespace, the mount's root is the container's cgroup, not ``/``).
+    """
+    text = _read(_under(root, "/proc/self/cgroup"))
+    if not text:
+        return None
+    v1 = v2 = None
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hid, controllers, path = parts
+        if hid == "0" and controllers == "":
+            v2 = path
+        elif "cpu" in controllers.split(","):
+            v1 = path
+    version, path = ("v1", v1) if v1 is not None else ("v2", v2)
+    if path is None:
+        return None
+    mount_root, mount_point = "/", None
+    for line in (_read(_under(root, "/proc/self/mountinfo")) or "").splitlines():
+        fields = line.split()
+        if " - " not in line or len(fields) < 5:
+            continue
+        fstype, _src, opts = line.split(" - ", 1)[1].split()[:3]
+        if (version == "v2" and fstype == "cgroup2") or \
+                (version == "v1" and fstype == "cgroup" and "cpu" in opts.split(",")):
+            mount_root, mount_point = fields[3], fields[4]
+            break
+    if mount_point is None:  # no mountinfo: the usual places
+        mount_point = "/sys/fs/cgroup" if version == "v2" else "/sys/fs/cgroup/cpu"
+    base = _under(root, mount_point)
+    rel = os.path.relpath(path, mount_root) if mount_root != "/" else path.lstrip("/")
+    if rel.startswith(".."):  # our cgroup is not below the mount's: only the mount is seen
+        rel = "."
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    dirs = [os.path.join(base, *parts[:i]) for i in range(len(parts), -1, -1)]
+    existing = [d for d in dirs if os.path.isdir(d)]
+    return version, existing or [base]
+
+
+def cgroup_cpu_quota(root: str = "/") -> float | None:
+    """The CPU quota of this process's cgroup in CPUs (e.g. 1.5), or None for no quota.
+
+    The tightest quota of the cgroup and its ancestors counts (a parent's limit binds its
+    children).  ``root`` prefixes every path read (``/proc/self/...``, the mount points),
+    so tests can point it at a fake tree.
+    """
+    found = _cgroup_dirs(str(root))
+    if found is None:
+        return None
+    version, dirs = found
+    quotas = []
+    for d in dirs:
+        if version == "v2":  # "max 100000" (no quota) or "150000 100000" (1.5 CPUs)
+            fields = (_read(os.path.join(d, "cpu.max")) or "max").split() + ["100000"]
+            quota, period = fields[0], fields[1]
+        else:  # cfs_quota_us is -1 without a quota
+            quota = _read(os.path.join(d, "cpu.cfs_quota_us")) or "-1"
+            period = _read(os.path.join(d, "cpu.cfs_period_us")) or "100000"
+        try:
+            q, p = int(quota), int(period)
+        except ValueError:  # "max", or a file we cannot make sense of: no quota here
+            continue
+        if q > 0 and p > 0:
+            quotas.append(q / p)
+    return min(quotas) if quotas else None
+
+
+def _affinity() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def usable_cpus(root: str = "/") -> int:
+    """CPUs this process may use: its affinity, capped by its cgroup quota (rounded up); >= 1."""
+    n = _affinity()
+    quota = cgroup_cpu_quota(root)
+    if quota is not None:
+        n = min(n, math.ceil(quota))
+    return max(1, n)
+
+
+def cpu_info(root: str = "/") -> dict:
+    """All the CPU counts, for run metadata: the host's, the affinity's, the quota, usable."""
+    return {"cpu_count": os.cpu_count(), "cpu_affinity": _affinity(),
+            "cpu_quota": cgroup_cpu_quota(root), "usable_cpus": usable_cpus(root)}
 
 # Spins, and checks every ~million iterations that its parent is still there.
 _HOG_CODE = (
@@ -46,11 +165,11 @@ _HOG_CODE = (
 
 
 class CpuHogs:
-    """``n`` busy-looping processes while the ``with`` block runs (default: 2 per CPU)."""
+    """``n`` busy-looping processes while the ``with`` block runs (default: 2 per usable CPU)."""
 
     def __init__(self, n: int | None = None):
         if n is None:
-            n = 2 * (os.cpu_count() or 1)
+            n = 2 * usable_cpus()
         if not isinstance(n, int) or n < 0:
             raise ValueError("CpuHogs(n): n must be an int >= 0")
         self.n = n
@@ -168,7 +287,7 @@ class PostmasterStalls:
 
 @dataclass(frozen=True)
 class Load:
-    """A named background load: ``hogs`` CPU hogs (None = 2 per CPU) and optional stalls."""
+    """A named background load: ``hogs`` CPU hogs (None = 2 per usable CPU) and optional stalls."""
 
     name: str
     hogs: int | None = 0
@@ -178,7 +297,7 @@ class Load:
 
     @property
     def n_hogs(self) -> int:
-        return 2 * (os.cpu_count() or 1) if self.hogs is None else self.hogs
+        return 2 * usable_cpus() if self.hogs is None else self.hogs
 
     @property
     def stalls(self) -> bool:
@@ -216,10 +335,10 @@ class Load:
 
 LOADS = {
     "idle": Load("idle", 0, description="nothing else running (on purpose)"),
-    "hogs": Load("hogs", None, description="2 CPU hogs per core"),
+    "hogs": Load("hogs", None, description="2 CPU hogs per usable CPU"),
     "stalls": Load("stalls", 0, 0.2, 0.06, description="postmaster frozen 60 ms of every 200 ms"),
     "busy": Load("busy", None, 0.2, 0.06,
-                 description="2 CPU hogs per core + postmaster frozen 60 ms of every 200 ms"),
+                 description="2 CPU hogs per usable CPU + postmaster frozen 60 ms of every 200 ms"),
 }
 
 

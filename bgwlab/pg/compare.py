@@ -26,6 +26,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from ..lab.load import cpu_info
 from .cgroup import cgroup_available
 from .scenarios import LOST_WAKEUP, ROW_KEYS, BgwlabSide, PgSide, bgwlab_worker_crash, pg_worker_crash
 from .server import PgUnavailable, find_bindir
@@ -75,7 +76,7 @@ def _metadata(pg: PgSide, bg: BgwlabSide, **settings) -> dict:
         "machine": platform.node(),
         "platform": platform.platform(),
         "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
+        **cpu_info(),  # cpu_count (the host's), cpu_affinity, cpu_quota, usable_cpus
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "loadavg_start": list(os.getloadavg()),
         "user_is_root": os.geteuid() == 0,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ... import __version__
 from ...events import Event, read_events, write_jsonl
+from ..load import cpu_info
 
 __all__ = ["run_metadata", "save_results", "load_results", "load_events"]
 
@@ -52,7 +53,7 @@ def run_metadata() -> dict:
         "platform": platform.platform(),
         "arch": platform.machine(),
         "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
+        **cpu_info(),  # cpu_count (the host's), cpu_affinity, cpu_quota, usable_cpus
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
