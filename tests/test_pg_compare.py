@@ -1,4 +1,4 @@
-"""`bgwlab compare-postgres`'s engine (bgwlab.pg.compare): a quick run on both systems.
+"""`bgwlab compare-postgres` (bgwlab.pg.compare): a quick run on both systems, through the CLI.
 
 Without a PostgreSQL server it is skipped with how to install one -- as root (CI) it fails.
 """
@@ -23,9 +23,14 @@ def run(tmp_path_factory):
         if os.geteuid() == 0:
             pytest.fail(f"PostgreSQL is required as root (CI): {WHY}")
         pytest.skip(WHY)
-    from bgwlab.pg.compare import run_compare
+    from bgwlab.lab.cli import main
 
-    return run_compare(tmp_path_factory.mktemp("compare"), quick=True, cap_s=0.5)
+    out = tmp_path_factory.mktemp("compare")
+    assert main(["compare-postgres", "--out", str(out), "--quick", "--cap", "0.5"]) == 0
+    names = ("csv", "metadata", "crash", "headline", "lost_wakeup", "timeline")
+    files = ("compare.csv", "compare.metadata.json", "crash.json", "headline.png",
+             "lost_wakeup.png", "timeline.png")
+    return {n: out / f for n, f in zip(names, files)}
 
 
 def test_quick_comparison_writes_rows_metadata_and_figures(run):
@@ -69,7 +74,9 @@ def test_without_a_server_it_exits_non_zero_and_says_how_to_install(monkeypatch,
         raise PgUnavailable(f"no PostgreSQL >= 15 found. {INSTALL_HELP}")
 
     monkeypatch.setattr(compare, "find_bindir", nothing_here)
-    assert compare.main(["--out", str(tmp_path / "x"), "--quick"]) == 3
+    from bgwlab.lab.cli import main
+
+    assert main(["compare-postgres", "--out", str(tmp_path / "x"), "--quick"]) == 3
     err = capsys.readouterr().err
     assert "postgresql-server-dev-15" in err and "system-deps.sh" in err
     assert not (tmp_path / "x").exists()

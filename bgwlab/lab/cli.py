@@ -4,6 +4,7 @@
     bgwlab experiment NAME [options]       a named experiment or one scenario as a grid
     bgwlab plot RESULTS.csv --out DIR      redraw figures from saved results
     bgwlab list                            scenarios, loads, strategies, experiments
+    bgwlab compare-postgres --out DIR      the same scenarios on a real PostgreSQL server (bgwlab.pg)
 
 It calls the same Python API as the notebooks (``bgwlab.lab.experiments``, ``bgwlab.lab.plots``).
 """
@@ -47,7 +48,8 @@ examples:
   bgwlab experiment fork_failure --strategies notify,timeout --timeouts 0.1,1
   bgwlab experiment death --trials 30  # SIGUSR1 vs pidfd vs polling
   bgwlab plot results/headline.csv --out figures/
-  bgwlab list"""
+  bgwlab list
+  bgwlab compare-postgres --out results/pg --quick   # bgwlab vs a real PostgreSQL (15+)"""
 
 
 def _floats(text: str) -> list[float]:
@@ -125,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", type=Path, default=None, help="where to write figures (default: next to the CSV)")
 
     sub.add_parser("list", help="list scenarios, loads, strategies and experiments")
+
+    from ..pg.compare import add_parser as add_compare_postgres
+
+    add_compare_postgres(sub)  # `bgwlab compare-postgres`: bgwlab.pg.compare
     return parser
 
 
@@ -285,6 +291,8 @@ def main(argv=None) -> int:
     if getattr(args, "quick", False):
         os.environ["BGWLAB_QUICK"] = "1"
     t0 = time.monotonic()
+    if args.command == "compare-postgres":
+        return args.func(args)
     rc = {"demo": cmd_demo, "experiment": cmd_experiment, "plot": cmd_plot, "list": cmd_list}[args.command](args)
     if args.command in ("demo", "experiment"):
         _say(f"done in {time.monotonic() - t0:.1f} s")
