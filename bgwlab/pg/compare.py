@@ -330,12 +330,13 @@ def plot_lost_wakeup(rows, ax=None, cap_s: float | None = None):
             continue
         xs = [i + 0.3 * ((k % 7) / 7 - 0.5) for k in range(len(rs))]
         ys = [r["time_to_verdict_ms"] for r in rs]
-        ax.scatter(xs, ys, color=COLORS[system], s=18,
-                   label=f"{system}: {sum(r['kicked'] for r in rs)} of {len(rs)} lost")
-        for x, r in zip(xs, rs):
-            if r["kicked"]:
-                ax.annotate("", (x, r["time_to_verdict_ms"] * 3), (x, r["time_to_verdict_ms"]),
-                            arrowprops=dict(arrowstyle="->", color="tab:red"))
+        kept = [(x, y) for x, y, r in zip(xs, ys, rs) if not r["kicked"]]
+        lost = [(x, y) for x, y, r in zip(xs, ys, rs) if r["kicked"]]
+        ax.scatter([p[0] for p in kept], [p[1] for p in kept], color=COLORS[system], s=18,
+                   label=f"{system}: {len(lost)} of {len(rs)} wakeups lost")
+        if lost:  # these would have waited for the 60 s select() timeout: arrows up
+            ax.scatter([p[0] for p in lost], [p[1] for p in lost], color="tab:red", marker="^",
+                       s=40, zorder=3, label=f"{system}: lost (>= cap, else up to 60 s)")
     if cap_s:
         ax.axhline(cap_s * 1000, color="tab:red", ls=":", lw=0.8,
                    label=f"cap {cap_s:g} s: the probe re-signals the postmaster (else up to 60 s)")
@@ -349,32 +350,35 @@ def plot_lost_wakeup(rows, ax=None, cap_s: float | None = None):
 
 
 def plot_timeline(timeline: dict, ax=None):
-    """One PostgreSQL trial: the probe's stamps (registrant lane, worker sign-in) and the
-    postmaster's log lines (millisecond wall clock, aligned at the registration)."""
+    """One PostgreSQL trial on bgwlab's lanes (registrant / postmaster / worker): the probe's
+    stamps (CLOCK_MONOTONIC in the backend, microseconds) and the postmaster's DEBUG1 log
+    lines about the worker (wall-clock milliseconds, so +-1 ms), numbered and listed below."""
     plt = _plt()
-    fig, ax = (plt.subplots(figsize=(8, 2.8)) if ax is None else (ax.figure, ax))
+    fig, ax = (plt.subplots(figsize=(9, 4)) if ax is None else (ax.figure, ax))
     r = timeline["trial"]
     lanes = {"registrant": 2, "postmaster": 1, "worker": 0}
-    ax.hlines(list(lanes.values()), 0, max(r["time_to_verdict_ms"], r.get("signin_ms") or 0) * 1.2,
-              color="lightgray")
-    ax.plot([0], [2], "o", color="black")
-    ax.annotate("RegisterDynamicBackgroundWorker", (0, 2), (0, 2.25), fontsize=7)
+    marks = [("registrant", 0.0, "RegisterDynamicBackgroundWorker()", "black")]
     if r.get("signin_ms") is not None:
-        ax.plot([r["signin_ms"]], [0], "o", color="tab:green")
-        ax.annotate(f"sign-in {r['signin_ms']:.2f} ms", (r["signin_ms"], 0), (r["signin_ms"], 0.25),
-                    fontsize=7)
-    ax.plot([r["time_to_verdict_ms"]], [2], "o", color="tab:blue")
-    ax.annotate(f"verdict {r['verdict']} {r['time_to_verdict_ms']:.2f} ms",
-                (r["time_to_verdict_ms"], 2), (r["time_to_verdict_ms"], 1.7), fontsize=7)
-    for k, e in enumerate(timeline.get("events", [])[:6]):
-        y = lanes[e["lane"]]
-        ax.plot([e["ms"]], [y], "|", color="tab:orange", ms=12)
-        ax.annotate(f"{e['ms']:.0f} ms {e['text'][:60]}", (e["ms"], y), (e["ms"], y - 0.3 - 0.2 * (k % 2)),
-                    fontsize=6)
+        marks.append(("worker", r["signin_ms"], "the worker reaches user code (sign-in)", "tab:green"))
+    marks.append(("registrant", r["time_to_verdict_ms"], f"verdict: {r['verdict']}", "tab:blue"))
+    for e in timeline.get("events", []):
+        if "bgwlab probe" in e["text"]:
+            marks.append((e["lane"], e["ms"], e["text"], "tab:orange"))
+    end = max(m[1] for m in marks)
+    ax.hlines(list(lanes.values()), min(0.0, min(m[1] for m in marks)) - 0.5, end + 0.5,
+              color="lightgray", zorder=0)
+    lines = []
+    for k, (lane, ms, text, color) in enumerate(marks, 1):
+        ax.plot([ms], [lanes[lane]], "o" if color != "tab:orange" else "|", color=color, ms=9)
+        ax.annotate(str(k), (ms, lanes[lane]), (ms, lanes[lane] + 0.18), fontsize=8, ha="center")
+        lines.append(f"{k}. {ms:7.2f} ms  {lane:10s} {text}")
     ax.set_yticks(list(lanes.values()), list(lanes))
-    ax.set_xlabel("ms since registration (probe: CLOCK_MONOTONIC inside the backend)")
-    ax.set_title("One PostgreSQL trial (notify): probe stamps and the postmaster's DEBUG1 log")
-    fig.tight_layout()
+    ax.set_ylim(-0.5, 2.6)
+    ax.set_xlabel("ms since registration (probe: CLOCK_MONOTONIC inside the backend; "
+                  "log lines: %m wall clock, +-1 ms)", fontsize=8)
+    ax.set_title("One PostgreSQL trial (notify) on bgwlab's lanes", fontsize=10)
+    fig.text(0.01, 0.01, "\n".join(lines), fontsize=7, family="monospace", va="bottom")
+    fig.subplots_adjust(bottom=0.18 + 0.045 * len(lines), left=0.12, right=0.98, top=0.9)
     return fig
 
 

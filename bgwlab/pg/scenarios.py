@@ -100,11 +100,8 @@ PostgreSQL 16 (7389aad6, "Use WaitEventSet API for postmaster's event loop"): ha
 
 
 def lab_module(name: str):
-    """``bgwlab.lab.<name>`` (after the layout move) or ``bgwlab.<name>`` (before it)."""
-    try:
-        return importlib.import_module(f"bgwlab.lab.{name}")
-    except ModuleNotFoundError:
-        return importlib.import_module(f"bgwlab.{name}")
+    """``bgwlab.lab.<name>`` (strategies, load), imported when first needed."""
+    return importlib.import_module(f"bgwlab.lab.{name}")
 
 
 def _load(name: str):
