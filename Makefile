@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: platform-check setup system-deps test lab bench bench-quick bench-tail soak clean
+.PHONY: platform-check setup system-deps test lab book student-copy bench bench-quick bench-tail soak clean
 
 # The system as `uname -s` names it.  `make UNAME_S=Darwin lab` shows what a Mac user sees.
 ifndef UNAME_S
@@ -81,6 +81,16 @@ LAB_ARGS    ?=
 
 lab: platform-check setup
 	$(VENV)/bin/jupyter lab --ip=$(LAB_IP) $(LAB_BROWSER) $(LAB_ROOT) $(LAB_ARGS) notebooks/
+
+# The offline book: every notebook executed (full trial counts; BGWLAB_QUICK=1 make book for
+# the quick ones), with its figures, plus the README and the teaching guide, as static HTML
+# in build/book/ (open build/book/index.html; nothing is fetched from the network).
+book: platform-check setup
+	$(PY) scripts/build_book.py --out build/book
+
+# The notebooks without their solutions (cells tagged "solution"), for students.
+student-copy: setup
+	$(PY) scripts/student_copy.py
 
 bench: setup
 	$(PY) benchmarks/run.py
