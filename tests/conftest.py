@@ -51,14 +51,22 @@ def open_fds() -> set[int]:
     return {int(fd) for fd in os.listdir("/proc/self/fd")}
 
 
-@pytest.fixture(autouse=True)
-def no_leaks(request):
-    """After every test: no child process (live or zombie) and no new fd is left behind."""
-    fds_before = open_fds()
-    children_before = {p.pid for p in psutil.Process().children(recursive=True)}
-    yield
-    if request.node.get_closest_marker("allow_leaks"):
-        return
+def _fd_target(fd: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+
+
+# Files a library keeps open for the life of the process by design, not per test:
+# matplotlib's FreeType keeps every font file it has drawn with open (per thread).
+PROCESS_LIFETIME_FILES = (".ttf", ".otf", ".afm", ".pfb", ".ttc")
+
+
+def leaks_since(fds_before: set[int], children_before: set[int], what: str) -> list[str]:
+    """What appeared since the snapshot and is still there: child processes (waited for up
+    to 10 s, then killed and reaped) and open fds.  Returns the complaints (empty: clean)."""
+    problems = []
 
     def settled():
         reap_zombie_children()
@@ -68,28 +76,77 @@ def no_leaks(request):
     try:
         wait_until(settled, timeout=10, what="child processes to exit")
     except AssertionError:
-        left = [(p.pid, p.name(), p.status()) for p in psutil.Process().children(recursive=True)
-                if p.pid not in children_before]
+        left = []
         for p in psutil.Process().children(recursive=True):
             if p.pid not in children_before:
-                p.kill()
+                try:
+                    left.append((p.pid, p.name(), p.status(), " ".join(p.cmdline())[:200]))
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
         reap_zombie_children()
-        pytest.fail(f"test left child processes behind: {left}")
+        problems.append(f"{what} left child processes behind: {left}")
     import gc
 
     gc.collect()
-    leaked = open_fds() - fds_before
-    # /proc/self/fd listing itself may show a transient fd; re-check once.
-    leaked = {fd for fd in leaked if os.path.exists(f"/proc/self/fd/{fd}")} - fds_before
+    leaked = {fd: _fd_target(fd) for fd in open_fds() - fds_before}
+    # the /proc/self/fd listing itself shows a transient fd (gone by the readlink)
+    leaked = {fd: t for fd, t in leaked.items()
+              if t is not None and not t.endswith(PROCESS_LIFETIME_FILES)}
     if leaked:
-        targets = {}
-        for fd in leaked:
-            try:
-                targets[fd] = os.readlink(f"/proc/self/fd/{fd}")
-            except OSError:
-                pass
-        if targets:
-            pytest.fail(f"test leaked file descriptors: {targets}")
+        problems.append(f"{what} leaked file descriptors: {leaked}")
+    return problems
+
+
+def latch_problems(latches_before: set, what: str) -> list[str]:
+    """Latches registered with the process's SIGUSR1 dispatcher since the snapshot and
+    still there: a waiter that never ended (it would also be woken by later tests'
+    signals, and count in their checks of the dispatcher)."""
+    def settled():
+        return not (set(dispatcher._latches) - latches_before)
+
+    try:
+        wait_until(settled, timeout=5, what="waiters to end")
+    except AssertionError:
+        n = len(set(dispatcher._latches) - latches_before)
+        return [f"{what} left {n} waiter(s) registered with the signal dispatcher"]
+    return []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_module_leaks(request):
+    """After every module: what its module-scoped fixtures (and tests) left behind.
+
+    Autouse fixtures are set up first within their scope, so this snapshot is taken
+    before any module-scoped fixture of the module starts a cluster, a runner or a
+    kernel, and checked after the last of them is torn down.  The per-test check below
+    cannot see those: their processes and fds already exist when it takes its snapshot.
+    """
+    fds_before = open_fds()
+    children_before = {p.pid for p in psutil.Process().children(recursive=True)}
+    latches_before = set(dispatcher._latches)
+    yield
+    what = f"module {request.module.__name__} (its module-scoped fixtures included)"
+    problems = leaks_since(fds_before, children_before, what)
+    problems += latch_problems(latches_before, what)
+    if problems:
+        pytest.fail("; ".join(problems))
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request):
+    """After every test: no child process (live or zombie), no new fd and no registered
+    latch is left behind."""
+    fds_before = open_fds()
+    children_before = {p.pid for p in psutil.Process().children(recursive=True)}
+    latches_before = set(dispatcher._latches)
+    yield
+    if request.node.get_closest_marker("allow_leaks"):
+        return
+    problems = leaks_since(fds_before, children_before, "test")
+    problems += latch_problems(latches_before, "test")
+    if problems:
+        pytest.fail("; ".join(problems))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -62,7 +62,8 @@ def test_start_in_given_directory_keeps_events_and_refuses_a_second_cluster(tmp_
 
 def test_worker_starts_runs_user_code_and_exit0_unregisters(cluster, backend):
     # A worker that runs until terminated: STARTED, and its pid is a live child of the postmaster.
-    running = backend.register_dynamic_worker(spec("bgwlab.examples:sleep_forever", extra=b"hello"))
+    running = backend.register_dynamic_worker(spec("worker_entries:report_then_sleep", 77,
+                                                   extra=b"hello\x00"))
     status, pid = running.wait_for_startup()
     assert status is STARTED and pid > 0
     w = psutil.Process(pid)
@@ -71,6 +72,11 @@ def test_worker_starts_runs_user_code_and_exit0_unregisters(cluster, backend):
     wait_until(lambda: any(e.kind == "reached_main" and e.pid == pid
                            for e in evs_of(cluster, running.slot, running.generation)),
                what="the worker to reach user code")
+    # what the worker received: the extra bytes and main_arg read back from inside it
+    report = wait_until(lambda: (lambda p: p.exists() and p)(
+        cluster.directory / f"report-{running.slot}-{running.generation}.json"), what="the report")
+    got = __import__("json").loads(report.read_text())
+    assert (bytes.fromhex(got["extra"]), got["main_arg"], got["pid"]) == (b"hello\x00", 77, pid)
     running.terminate()
     assert running.wait_for_shutdown() is STOPPED
     assert running.get_pid() == (STOPPED, None)
@@ -130,8 +136,15 @@ def test_terminate_running_worker(cluster, backend):
     h.terminate()
     assert h.wait_for_shutdown(timeout=10) is STOPPED
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    ex = [e for e in cluster.events() if e.kind == "exited" and e.slot == h.slot]
-    assert ex[-1].detail["exit_code"] == 1  # SIGTERM -> exit 1, and terminate means no restart
+    ev = wait_until(lambda: (lambda ev: ev if "unregistered" in [e.kind for e in ev] else None)(h.history()),
+                    what="the unregistered event")
+    ex = [e for e in ev if e.kind == "exited"]
+    # SIGTERM -> exit 1, which with restart=0 would restart at once: terminate means no restart
+    assert [(e.detail["worker_pid"], e.detail["exit_code"]) for e in ex] == [(pid, 1)], h.explain()
+    assert [e.kind for e in ev].count("forked") == 1
+    assert [e.detail["reason"] for e in ev if e.kind == "unregistered"] == ["terminated"]
+    assert "restart_scheduled" not in [e.kind for e in ev]
+    assert backend.seg.in_use(h.slot) == 0
 
 
 def test_terminate_before_start_removes_worker_and_notifies(cluster, backend):
@@ -200,9 +213,16 @@ def test_crash_with_restart_after_crash_off_stops_the_cluster():
     with Cluster.start(max_workers=2, restart_after_crash=False) as c:
         b = c.connect()
         h = b.register_dynamic_worker(spec("bgwlab.examples:crash", int(signal.SIGABRT)))
-        assert h.wait_for_startup()[0] in (STARTED, STOPPED)
-        assert h.wait_for_shutdown() in (STOPPED, HandleStatus.POSTMASTER_DIED)
+        check_startup_verdict(c, h, h.wait_for_startup())
+        # the slot's pid is 0 before the shutdown begins: STOPPED, not POSTMASTER_DIED
+        assert h.wait_for_shutdown() is STOPPED
         wait_until(lambda: not c.alive, what="postmaster exit")
+        ev = c.events()
+        (ex,) = [e for e in ev if e.kind == "exited" and (e.slot, e.generation) == (h.slot, h.generation)]
+        assert ex.detail["signal"] == signal.SIGABRT and ex.detail["crash"] is True
+        assert "crash_restart" not in [e.kind for e in ev]  # no recovery: a shutdown instead
+        (stopping,) = [e for e in ev if e.kind == "postmaster_stopping"]
+        assert "restart_after_crash is off" in stopping.detail["reason"]
 
 
 def test_second_process_attaches_registers_and_waits(cluster):

@@ -309,6 +309,16 @@ def test_random_scribbles_while_the_cluster_serves(fuzz_cluster):
         stats["slot_rejected"] = len(rejected)
         stats["served_after"] = served_after
         print(f"\nshmem fuzz: {stats}")
+        # The run did what it claims: it scribbled every region, and the registrant was
+        # served throughout -- most attempts got a slot (garbage in_use bytes are
+        # reclaimed, or refusals would pile up), workers started and their waits ended.
+        assert set(stats["by_region"]) == {"slots", "in_use", "terminate", "counters", "backends",
+                                           "header"}, stats
+        attempts = stats["registrations"] + stats["refused"]
+        assert attempts == len(range(0, FUZZ_ROUNDS, 3)), stats
+        assert stats["refused"] < stats["registrations"], stats
+        assert stats["started"] >= 1 and stats["stopped"] >= stats["registrations"] // 2, stats
+        assert stats["stopped"] + stats["unresolved"] == stats["registrations"], stats
     finally:
         raw.close()
         b.detach()
