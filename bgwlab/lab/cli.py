@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
             Run the headline experiment with its defaults and write results + figures.
 
             Failed starts (fork() fails; the worker crashes before user code) on an idle
-            machine, and good starts on an idle and on a busy machine (2 CPU hogs per core,
+            machine, and good starts on an idle and on a busy machine (2 CPU hogs per usable CPU,
             postmaster frozen 60 ms of every 200 ms), each waited for by notify, poll_pid
             and timeout(T) for T from 5 ms to 500 ms.  Writes headline.csv,
             headline.metadata.json, headline.events.jsonl and the figures headline,
@@ -212,7 +212,8 @@ def _run_and_save(name: str, df, events, out: Path) -> None:
     meta = df.attrs.get("metadata", {})
     _say(_summary(df))
     _say(f"\n{meta.get('n_trials', len(df))} trials in {meta.get('duration_s', float('nan')):.1f} s "
-         f"on {meta.get('cpu_count')} CPUs (load average at start {meta.get('loadavg_start', ['?'])[0]:.2f})")
+         f"on {meta.get('usable_cpus', meta.get('cpu_count'))} usable CPUs of {meta.get('cpu_count')} "
+         f"(load average at start {meta.get('loadavg_start', ['?'])[0]:.2f})")
     for p in [*paths.values(), *figs]:
         _say(f"wrote {p}")
 
