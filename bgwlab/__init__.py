@@ -35,11 +35,13 @@ def __getattr__(name):
         raise AttributeError(f"module 'bgwlab' has no attribute {name!r}")
     import importlib
 
-    from .platform_check import ENGINE_MODULES, check
+    module = f"bgwlab.{mod}"
+    if module not in _sys.modules:  # (loaded already: the engine runs here, no check needed)
+        from .platform_check import ENGINE_MODULES, check
 
-    if f"bgwlab.{mod}" in ENGINE_MODULES:
-        check()  # not Linux >= 5.3: UnsupportedPlatform, before anything Linux-only is imported
-    value = getattr(importlib.import_module(f"bgwlab.{mod}"), name)
+        if module in ENGINE_MODULES:
+            check()  # not Linux >= 5.3: UnsupportedPlatform, before anything Linux-only is imported
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 
