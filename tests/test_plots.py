@@ -14,7 +14,8 @@ from matplotlib.testing.compare import compare_images
 
 from bgwlab import Event
 from bgwlab.lab.experiments import COLUMNS, load_events, load_results, save_results
-from bgwlab.lab.plots import (LabFigure, plot_death_detection, plot_decomposition, plot_headline,
+from bgwlab.lab.plots import (LabFigure, decomposition_table, median_interval, plot_death_detection,
+                              plot_decomposition, plot_headline,
                               plot_latency_cdf, plot_timeline, plot_verdict_matrix, save_figure,
                               split_events_by_load, wilson_interval)
 
@@ -150,6 +151,17 @@ def test_latency_cdf_per_load(saved):
     assert np.all(np.diff(_line(fig, "cdf-idle").get_xdata()) >= 0)
 
 
+def test_latency_cdf_names_only_the_timeouts_it_draws(saved):
+    df, _ = saved
+    with_T = plot_latency_cdf(df).axes[0]
+    assert "timeouts T" in with_T.get_xlabel()
+    assert sorted(ln.get_gid() for ln in with_T.get_lines() if str(ln.get_gid()).startswith("timeout-")) \
+        == ["timeout-0.01", "timeout-0.1"]
+    notify_only = plot_latency_cdf(df[df.strategy == "notify"].assign(timeout_s=np.nan)).axes[0]
+    assert "timeout" not in notify_only.get_xlabel()
+    assert not [ln for ln in notify_only.get_lines() if str(ln.get_gid()).startswith("timeout-")]
+
+
 def test_timeline_lanes(saved):
     _, events = saved
     fig = plot_timeline(events)
@@ -172,6 +184,21 @@ def test_decomposition_stacks_stage_medians(saved):
         assert widths[f"stage-all-{stage}"] == pytest.approx(ms), stage
 
 
+def test_decomposition_one_bar_per_load_and_its_table(saved):
+    _, events = saved
+    df = pd.DataFrame({"cluster": [0, 0], "slot": [0, 0], "generation": [1, 2], "load": ["idle", "busy"]})
+    groups = split_events_by_load(events, df)
+    fig = plot_decomposition(groups)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["busy", "idle"]  # top to bottom: idle, busy
+    widths = {p.get_gid(): p.get_width() for p in ax.patches}
+    assert widths["stage-idle-request seen"] == pytest.approx(1.0)
+    assert widths["stage-busy-request seen"] == pytest.approx(3.0)
+    table = decomposition_table(groups)
+    assert list(table.index) == ["idle", "busy"]
+    assert table.loc["busy", "fork()"] == pytest.approx(1.5) and table.loc["idle", "n"] == 1
+
+
 def test_split_events_by_load():
     df = pd.DataFrame({"cluster": [0, 0], "slot": [0, 0], "generation": [1, 2], "load": ["idle", "busy"]})
     groups = split_events_by_load(synthetic_events(), df)
@@ -188,6 +215,26 @@ def test_verdict_matrix_and_death_detection(saved):
     death = pd.DataFrame({"method": ["sigusr1", "pidfd", "poll"] * 2, "latency_ms": [1, 0.5, 5, 2, 0.6, 9]})
     fig2 = plot_death_detection(death)
     np.testing.assert_allclose(sorted(_line(fig2, "death-poll").get_xdata()), [5, 9])
+
+
+def test_verdict_matrix_prints_the_interval_of_each_median(saved):
+    df, _ = saved
+    fig = plot_verdict_matrix(df)
+    cell = next(t for t in fig.axes[0].texts if t.get_gid() == "cell-busy-timeout(0.01)")
+    # busy x timeout(0.01): 2 of 4 right; times 3, 8, 10, 10 ms -> median 9 ms, 4 values -> whole range
+    lines = cell.get_text().split("\n")
+    assert lines[0] == "50%" and lines[1] == "9.0 ms" and lines[2] == "[3.0 ms–10 ms]"
+    assert "interval" in fig.axes[0].get_title()
+
+
+def test_median_interval():
+    lo, hi = median_interval(range(30))        # n = 30: x(10) .. x(21), 1-based
+    assert (lo, hi) == (9.0, 20.0)
+    assert median_interval([5, 1, 3]) == (1.0, 5.0)   # too few for 95 %: the whole range
+    v = np.random.default_rng(1).normal(size=200)
+    lo, hi = median_interval(v)
+    assert lo < np.median(v) < hi and hi - lo < 0.5
+    assert np.isnan(median_interval([])[0])
 
 
 def test_wilson_interval():

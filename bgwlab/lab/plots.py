@@ -12,7 +12,8 @@ fixed metadata, so the same figure gives the same bytes on every run.
 ``plot_latency_cdf(df)``     start latency (registration -> user code) CDFs, idle vs busy
 ``plot_decomposition(ev)``   where the notification latency goes: request seen, fork,
                              notify, wake
-``plot_verdict_matrix(df)``  scenario x strategy: verdicts that match the truth
+``plot_verdict_matrix(df)``  scenario x strategy: verdicts that match the truth, median time
+                             to verdict with its 95% interval
 ``plot_death_detection(df)`` worker exit -> registrant knows: SIGUSR1 vs pidfd vs polling
 
 New figures are ``LabFigure``s: plain matplotlib Figures that also render themselves in
@@ -30,7 +31,7 @@ from matplotlib.figure import Figure
 
 __all__ = ["plot_headline", "plot_timeline", "plot_latency_cdf", "plot_decomposition",
            "plot_death_detection", "plot_verdict_matrix", "save_figure", "split_events_by_load",
-           "wilson_interval", "DECOMPOSITION_STAGES", "COLORS", "LabFigure"]
+           "wilson_interval", "median_interval", "decomposition_table", "DECOMPOSITION_STAGES", "COLORS", "LabFigure"]
 
 COLORS = {
     "notify": "#1b7837", "poll_pid": "#762a83", "timeout": "#d95f02",
@@ -82,6 +83,30 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     c = (p + z * z / (2 * n)) / d
     h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
     return (max(0.0, c - h), min(1.0, c + h))
+
+
+def median_interval(values, conf: float = 0.95) -> tuple[float, float]:
+    """Distribution-free interval for the median (order statistics, exact binomial).
+
+    The interval [x_(l), x_(n+1-l)] with the largest l whose coverage is at least `conf`.
+    With fewer than 6 values no such l exists: the whole range is returned (coverage is
+    then below `conf`; 5 values cover 94 %).  NaN for no values.
+    """
+    v = np.sort(np.asarray(values, dtype=float))
+    v = v[~np.isnan(v)]
+    n = len(v)
+    if n == 0:
+        return (math.nan, math.nan)
+    alpha = (1 - conf) / 2
+    cdf, l = 0.0, 0
+    for i in range(n):  # cdf = P(Bin(n, 1/2) <= i)
+        cdf += math.comb(n, i) / 2 ** n
+        if cdf > alpha:
+            break
+        l = i + 1
+    if l < 1:
+        return (float(v[0]), float(v[-1]))
+    return (float(v[l - 1]), float(v[n - l]))
 
 
 def _bool(s):
@@ -210,7 +235,8 @@ def plot_latency_cdf(df, ax=None, column: str = "start_latency_ms"):
     """Empirical CDF of the start latency (registration -> user code), one line per load.
 
     Uses every trial whose truth is "started" (whatever the strategy: the latency comes
-    from the event log).  Dotted verticals mark the timeouts T of the grid.
+    from the event log).  Dotted verticals mark the timeouts T of the grid, if it has any
+    (the axis label mentions them only then).
     """
     if ax is None:
         fig, (ax,) = _new_figure(1)
@@ -226,12 +252,13 @@ def plot_latency_cdf(df, ax=None, column: str = "start_latency_ms"):
         y = np.arange(1, len(v) + 1) / len(v)
         ax.step(v, y, where="post", color=_color(ld, i), linewidth=1.8,
                 label=f"{ld}: median {_fmt_ms(float(np.median(v)))}, n={len(v)}", gid=f"cdf-{ld}")
-    if "timeout_s" in df.columns:
-        for T in sorted(df.timeout_s.dropna().unique()):
-            ax.axvline(T * 1000, color="#bbbbbb", linestyle=":", linewidth=0.8)
+    Ts = sorted(df.timeout_s.dropna().unique()) if "timeout_s" in df.columns else []
+    for T in Ts:
+        ax.axvline(T * 1000, color="#bbbbbb", linestyle=":", linewidth=0.8, gid=f"timeout-{T:g}")
     ax.set_xscale("log")
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("registration → worker reaches user code (ms); dotted: the timeouts T")
+    # name the dotted lines only when there are some: a label must not promise what is not drawn
+    ax.set_xlabel("registration → worker reaches user code (ms)" + ("; dotted: the timeouts T" if Ts else ""))
     ax.set_ylabel("fraction of starts")
     ax.set_title("Start latency, idle vs busy", fontsize=10)
     _style(ax)
@@ -375,6 +402,21 @@ def _stage_times(events) -> dict:
     return {k: np.array(v) for k, v in out.items()}
 
 
+def decomposition_table(events):
+    """The numbers behind ``plot_decomposition``: median ms of each stage, one row per group
+    (``events`` as there: a list, or ``{label: events}``), and ``n`` (handles counted)."""
+    import pandas as pd
+
+    groups = events if isinstance(events, dict) else {"all": events}
+    rows = {}
+    for label, evs in groups.items():
+        st = _stage_times(evs)
+        row = {name: (float(np.median(v)) if len(v) else math.nan) for name, v in st.items()}
+        row["n"] = len(next(iter(st.values()))) if st else 0
+        rows[label] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
 def plot_decomposition(events, ax=None):
     """Where notification latency goes: stacked median of each stage, per group.
 
@@ -448,9 +490,16 @@ def plot_death_detection(df, ax=None):
 
 # -- verdict matrix --------------------------------------------------------------------------------------------
 def plot_verdict_matrix(df, ax=None):
-    """Scenario x strategy: % of verdicts that match the truth, and median time to verdict."""
+    """Scenario x strategy: % of verdicts that match the truth, and median time to verdict
+    with its 95 % interval (``median_interval``).
+
+    Read the times with the intervals: a cell's median comes from its own trials, whose
+    start latencies differ (on a busy machine by tens of ms), so two medians whose
+    intervals overlap are not a difference.  And a timeout's median counts its wrong
+    verdicts too: at a short T, the quick "timed_out"s pull it down.
+    """
     if ax is None:
-        fig, (ax,) = _new_figure(1, figsize=(1.6 + 1.25 * df.label.nunique(), 1.2 + 0.55 * df.scenario.nunique()))
+        fig, (ax,) = _new_figure(1, figsize=(1.6 + 1.35 * df.label.nunique(), 1.3 + 0.75 * df.scenario.nunique()))
     else:
         fig = ax.figure
     scenarios = list(dict.fromkeys(df.scenario))
@@ -463,15 +512,22 @@ def plot_verdict_matrix(df, ax=None):
             g = df[(df.scenario == sc) & (df.label == lb)]
             if len(g):
                 acc[i, j] = 100 * float(_bool(g.correct).mean())
-                ax.text(j, i, f"{acc[i, j]:.0f}%\n{_fmt_ms(float(g.time_to_verdict_ms.median()))}",
-                        ha="center", va="center", fontsize=7)
+                t = g.time_to_verdict_ms.dropna()
+                lo, hi = median_interval(t)
+                text = f"{acc[i, j]:.0f}%\n{_fmt_ms(float(t.median()))}" if len(t) else f"{acc[i, j]:.0f}%"
+                if len(t) > 1:
+                    text += f"\n[{_fmt_ms(lo)}–{_fmt_ms(hi)}]"
+                ax.text(j, i, text, ha="center", va="center", fontsize=6.5, gid=f"cell-{sc}-{lb}")
     if acc.size:
         ax.imshow(acc, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto", gid="verdict-matrix")
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(scenarios)))
     ax.set_yticklabels(scenarios, fontsize=8)
-    ax.set_title("Verdicts that match the truth (%), and median time to verdict", fontsize=10)
+    n = int(df.groupby(["scenario", "label"]).size().median()) if len(df) else 0
+    ax.set_title("Verdicts that match the truth (%), median time to verdict [95% interval of the median]\n"
+                 f"(about {n} trials per cell: overlapping intervals are noise, not a difference)",
+                 fontsize=9)
     return fig
 
 

@@ -2,8 +2,15 @@
 
 * ``quick_mode()`` -- ``BGWLAB_QUICK=1`` means small trial counts everywhere.
 * ``event_table(events, ...)`` -- events as a DataFrame with times in ms from a reference.
-* ``time_until_gone(pids, since_ns)`` -- when each process exited (pidfds, no polling).
+* ``time_until_gone(pids, since_ns)`` / ``ExitWatch(pids)`` -- when each process exited
+  (pidfds, no polling).
 * ``wait_for_event(cluster, kind, handle)`` -- wait until the log has such an event.
+* Exercises: ``check(ok, what, hint)`` / ``check_value(answer, expected, what, hint)``
+  tell a student whether an exercise is right (✓ / ✗ and a hint; never raise), and
+  ``predictions(yours, measured)`` sets the "predict first" guesses beside the run's
+  numbers.  ``claim(ok, text)`` is the other kind of check: a notebook's key claim, asserted
+  on the run's data in a cell tagged ``check`` (runs in CI; left out of the student copy).
+* ``load_reference(name)`` -- the committed reference run in ``data/reference/`` (or None).
 * Notebook 08, how a latch works:
   ``race_demo()`` shows the lost wakeup of a bare signal next to a latch, and
   ``measure_wakeups()`` / ``plot_wakeups()`` measure how fast (and how cheaply) a waiter
@@ -22,14 +29,107 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 __all__ = ["quick_mode", "event_table", "time_until_gone", "wait_for_event", "race_demo",
-           "measure_wakeups", "plot_wakeups", "SIGNAL_MECHANISMS", "EXIT_MECHANISMS"]
+           "measure_wakeups", "plot_wakeups", "SIGNAL_MECHANISMS", "EXIT_MECHANISMS",
+           "check", "check_value", "predictions", "claim", "load_reference", "REFERENCE_DIR",
+           "ExitWatch"]
 
 
 def quick_mode() -> bool:
     """True when ``BGWLAB_QUICK=1``: notebooks then use small trial counts."""
     return os.environ.get("BGWLAB_QUICK", "") not in ("", "0")
+
+
+# -- exercises, predictions, key claims ---------------------------------------------------------
+def _unanswered(x) -> bool:
+    return x is None or x is Ellipsis
+
+
+def check(ok, what: str, hint: str = "") -> bool:
+    """Tell a student whether an exercise is done right: prints ``✓ what`` or ``✗ what`` and
+    the hint.  Returns `ok` as a bool; never raises (a wrong answer is not an error)."""
+    ok = bool(ok) if not _unanswered(ok) else False
+    if ok:
+        print(f"✓ {what}")
+    else:
+        print(f"✗ {what}" + (f" -- hint: {hint}" if hint else ""))
+    return ok
+
+
+def check_value(answer, expected, what: str, hint: str = "", *, rel: float = 0.05,
+                abs_tol: float = 0.0) -> bool:
+    """``check`` for a value: numbers must agree within `rel` (relative) or `abs_tol`;
+    anything else must be equal.  ``...`` or None means "not answered yet"."""
+    import math
+    import numbers
+
+    if _unanswered(answer):
+        return check(False, f"{what}: not answered yet (replace the ... with your code)", hint)
+    if isinstance(answer, numbers.Number) and isinstance(expected, numbers.Number) \
+            and not isinstance(answer, bool):
+        ok = math.isclose(float(answer), float(expected), rel_tol=rel, abs_tol=abs_tol)
+        shown = f"{answer:.4g}" if isinstance(answer, float) else f"{answer}"
+    else:
+        ok = answer == expected
+        shown = repr(answer)
+    return check(ok, f"{what}: {shown}", hint if not ok else "")
+
+
+def _fmt(v) -> str:
+    if _unanswered(v):
+        return "(no guess written)"
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(getattr(v, "name", v))
+
+
+def predictions(yours: dict, measured: dict):
+    """Your "predict first" guesses beside what the run measured, one row per question.
+
+    `yours` and `measured` share keys (the questions); a guess left as None or ``...``
+    shows as such.  Returns a DataFrame (question, your prediction, measured).
+    """
+    import pandas as pd
+
+    keys = list(dict.fromkeys([*yours, *measured]))
+    return pd.DataFrame([dict(question=k, **{"your prediction": _fmt(yours.get(k)),
+                                             "measured": _fmt(measured.get(k))}) for k in keys])
+
+
+class ClaimFailed(AssertionError):
+    """A notebook's key claim does not hold on this run's data."""
+
+
+def claim(ok, text: str) -> None:
+    """Assert a notebook's key claim on the run's data (cells tagged ``check``, run by CI).
+
+    Raises ``ClaimFailed`` naming the claim; prints ``claim holds: text`` otherwise.
+    """
+    if not ok:
+        raise ClaimFailed(f"the notebook's claim does not hold on this run: {text}")
+    print(f"claim holds: {text}")
+
+
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "data" / "reference"
+
+
+def load_reference(name: str = "headline"):
+    """The committed reference run ``data/reference/NAME.csv`` as a DataFrame (with its
+    metadata in ``df.attrs["metadata"]``), or None if this checkout has none."""
+    import json
+
+    from .experiments.results import load_results
+
+    path = REFERENCE_DIR / f"{name}.csv"
+    if not path.exists():
+        return None
+    df = load_results(path)
+    meta = REFERENCE_DIR / f"{name}.metadata.json"
+    if meta.exists() and not df.attrs.get("metadata"):
+        df.attrs["metadata"] = json.loads(meta.read_text())
+    return df
 
 
 def event_table(events, slot: int | None = None, generation: int | None = None,
@@ -51,9 +151,10 @@ def event_table(events, slot: int | None = None, generation: int | None = None,
         columns=["t_ms", "kind", "source", "pid", "slot", "generation", "detail"])
 
 
-def wait_for_event(cluster, kind: str, handle=None, timeout: float = 10.0):
+def wait_for_event(cluster, kind: str, handle=None, timeout: float = 10.0, where=None):
     """The first event of `kind` in `cluster`'s log (of `handle`'s slot and generation, if
-    given), waiting up to `timeout` seconds for it to be written; TimeoutError after that.
+    given, and for which ``where(event)`` is true, if given), waiting up to `timeout`
+    seconds for it to be written; TimeoutError after that.
 
     For what no handle call waits for, e.g. ``reached_main`` (the worker ran its first line).
     The log is a file: this looks every 10 ms.
@@ -61,12 +162,54 @@ def wait_for_event(cluster, kind: str, handle=None, timeout: float = 10.0):
     deadline = time.monotonic() + timeout
     while True:
         for e in cluster.events():
-            if e.kind == kind and (handle is None or (e.slot, e.generation) == (handle.slot, handle.generation)):
+            if e.kind == kind and (handle is None or (e.slot, e.generation) == (handle.slot, handle.generation)) \
+                    and (where is None or where(e)):
                 return e
         if time.monotonic() > deadline:
             whose = f" for slot {handle.slot} generation {handle.generation}" if handle is not None else ""
             raise TimeoutError(f"no {kind!r} event{whose} after {timeout:g} s")
         time.sleep(0.01)
+
+
+class ExitWatch:
+    """Pin processes now (pidfds), learn later when each exited: ``ExitWatch(pids).wait(since_ns)``.
+
+    Opening the pidfds first matters when something else is about to end and reap the
+    processes (e.g. ``Cluster.stop()``): a pid that is gone *and reaped* can no longer be
+    opened, and its exit time would be lost.
+    """
+
+    def __init__(self, pids):
+        self.fds, self.gone = {}, {}
+        for pid in pids:
+            try:
+                self.fds[os.pidfd_open(pid)] = pid
+            except OSError:
+                self.gone[pid] = 0.0  # already gone (and reaped) before we looked
+
+    def wait(self, since_ns: int, timeout: float = 10.0) -> dict:
+        """pid -> ms after `since_ns` when it exited (None: still running at `timeout`)."""
+        fds, out = self.fds, dict(self.gone)
+        deadline = time.monotonic() + timeout
+        try:
+            while fds:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                p = select.poll()
+                for fd in fds:
+                    p.register(fd, select.POLLIN)
+                ready = p.poll(int(remaining * 1000) + 1)
+                now = time.monotonic_ns()
+                for fd, _ in ready:
+                    out[fds.pop(fd)] = (now - since_ns) / 1e6
+                    os.close(fd)
+        finally:
+            for fd, pid in fds.items():
+                out[pid] = None
+                os.close(fd)
+            fds.clear()
+        return out
 
 
 def time_until_gone(pids, since_ns: int, timeout: float = 10.0) -> dict:
@@ -75,31 +218,7 @@ def time_until_gone(pids, since_ns: int, timeout: float = 10.0) -> dict:
     A pid that was already gone maps to 0.0 only if it cannot be opened at all; one still
     running at `timeout` maps to None.
     """
-    fds, out = {}, {}
-    for pid in pids:
-        try:
-            fds[os.pidfd_open(pid)] = pid
-        except OSError:
-            out[pid] = 0.0
-    deadline = time.monotonic() + timeout
-    try:
-        while fds:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            p = select.poll()
-            for fd in fds:
-                p.register(fd, select.POLLIN)
-            ready = p.poll(int(remaining * 1000) + 1)
-            now = time.monotonic_ns()
-            for fd, _ in ready:
-                out[fds.pop(fd)] = (now - since_ns) / 1e6
-                os.close(fd)
-    finally:
-        for fd, pid in fds.items():
-            out[pid] = None
-            os.close(fd)
-    return out
+    return ExitWatch(pids).wait(since_ns, timeout)
 
 
 # -- notebook 08: the lost wakeup ------------------------------------------------------------
