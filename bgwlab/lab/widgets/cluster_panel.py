@@ -326,14 +326,23 @@ class ClusterController:
         return self.cluster.state()
 
     def pid_labels(self) -> dict[int, str]:
-        """pid -> "slot S/G name" for every worker pid seen in a ``forked`` event."""
+        """pid -> "worker NAME (slot S/G)" for every worker pid seen in a ``forked`` event
+        or read from a handle (the postmaster logs ``forked`` just after it signals the
+        waiter, so a handle can know the pid first)."""
         names = {(r.slot, r.generation): r.name for r in self.rows}
         labels = {}
+
+        def label(name, slot, generation):
+            return f"worker {name} (slot {slot}/{generation})".replace("  ", " ")
+
         with self._lock:
             for e in self.events:
                 if e.kind == "forked" and "worker_pid" in e.detail:
-                    n = names.get((e.slot, e.generation), "")
-                    labels[e.detail["worker_pid"]] = f"worker {n} (slot {e.slot}/{e.generation})".replace("  ", " ")
+                    labels[e.detail["worker_pid"]] = label(names.get((e.slot, e.generation), ""),
+                                                           e.slot, e.generation)
+            for r in self.rows:
+                if r.pid:
+                    labels.setdefault(r.pid, label(r.name, r.slot, r.generation))
         if self.cluster is not None:
             labels[self.cluster.postmaster_pid] = "postmaster"
         return labels
