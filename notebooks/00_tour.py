@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: -all
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
 #     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
 #     text_representation:
@@ -47,16 +47,26 @@
 # | waiting | `handle.wait_for_startup()` sleeping on a latch | `WaitForBackgroundWorkerStartup` |
 # | your process | a *backend* attached to the cluster (this notebook's kernel!) | a backend |
 #
+# > **In PostgreSQL** — `RegisterDynamicBackgroundWorker`, `GetBackgroundWorkerPid`,
+# > `WaitForBackgroundWorkerStartup` ([source](https://github.com/postgres/postgres/blob/REL_17_STABLE/src/backend/postmaster/bgworker.c))
+# > are the calls this kit rebuilds; the postmaster's side (`maybe_start_bgworkers`,
+# > `do_start_bgworker`) is in [postmaster.c](https://github.com/postgres/postgres/blob/REL_17_STABLE/src/backend/postmaster/postmaster.c).
+# > Where bgwlab behaves differently on purpose, a box like this one says so; the README's
+# > "Differences from PostgreSQL" table lists every difference.
+#
 # **Predict first.** You will register one worker that sleeps 50 ms, and wait for it to
 # start. How long, in milliseconds, from "please start it" to "I know its pid"? Write
-# your guess down: 0.1 ms? 1 ms? 10 ms? 100 ms?
+# your guess into the cell below: 0.1 ms? 1 ms? 10 ms? 100 ms?
+
+# %%
+my_prediction = {"registered → I know its pid (ms)": ...}   # ← your guess, e.g. 10
 
 # %%
 import matplotlib.pyplot as plt
 
 from bgwlab import Cluster, HandleStatus, WorkerSpec, NEVER_RESTART
 from bgwlab.lab.plots import plot_timeline
-from bgwlab.lab.teaching import event_table, quick_mode
+from bgwlab.lab.teaching import check_value, claim, event_table, predictions, quick_mode
 
 QUICK = quick_mode()  # BGWLAB_QUICK=1: small trial counts everywhere
 print("quick mode" if QUICK else "full mode")
@@ -93,8 +103,15 @@ table
 
 # %%
 t = table.set_index("kind").t_ms
-print(f"registered -> the kernel woke up knowing the answer: {t['woke'].iloc[0] - t['registered']:.2f} ms")
+woke_ms = t['woke'].iloc[0] - t['registered']
+print(f"registered -> the kernel woke up knowing the answer: {woke_ms:.2f} ms")
 print(f"registered -> the worker ran its first line:         {t['reached_main'] - t['registered']:.2f} ms")
+
+# %% [markdown]
+# Your guess beside the measurement:
+
+# %%
+predictions(my_prediction, {"registered → I know its pid (ms)": woke_ms})
 
 # %% [markdown]
 # ## The figure: one worker's life, lane by lane
@@ -127,6 +144,35 @@ plot_timeline(events, ax=ax, slots=[handle.slot]);
 #   and ends with exercises whose answers are folded away. Open them only after trying.
 # * The library does the work (`bgwlab.*`); cells only call it. Read the source when a
 #   cell surprises you: `bgwlab/postmaster.py` is where the forks happen.
+
+# %% [markdown]
+# ## Your turn: read a latency off the log
+#
+# The event table above has one row per event, with `t_ms` in milliseconds. Compute how
+# long the **postmaster** took from seeing the request (`request_seen`) to `forked`, in ms,
+# from `table` (hint: `table.set_index("kind").t_ms`).
+
+# %%
+fork_ms = ...   # your code here
+
+# %% tags=["solution"]
+_t = table.set_index("kind").t_ms
+fork_ms = _t["forked"] - _t["request_seen"]
+
+# %%
+_t = table.set_index("kind").t_ms
+check_value(fork_ms, _t["forked"] - _t["request_seen"], "request_seen → forked (ms)",
+            hint="subtract the two t_ms values: forked minus request_seen", abs_tol=0.01)
+
+# %% tags=["check", "remove-cell"]
+# The notebook's key claim, checked on this run (CI runs it; the student copy leaves it out):
+# the kernel learned the answer from the postmaster's notification -- fork, then notify,
+# then wake -- not from a timer.
+_k = table.groupby("kind").t_ms.first()   # the first event of each kind
+claim(_k["registered"] <= _k["request_seen"] <= _k["forked"] <= _k["notified"] <= _k["woke"],
+      "registered → request_seen → forked → notified → woke, in that order")
+claim(status in (HandleStatus.STARTED, HandleStatus.STOPPED),
+      "wait_for_startup() returned STARTED (or STOPPED if the worker was already over)")
 
 # %%
 cluster.stop()
@@ -166,4 +212,11 @@ print("stopped; postmaster alive:", cluster.alive, "| events kept:", len(cluster
 # matching pid *and* process start time. The kernel does not trust the signal itself: it
 # wakes, then reads the slot through the handle (`get_pid()`), which is the real answer;
 # the signal only says "look again".
+#
+# > **In PostgreSQL** — `PostmasterMarkPIDForWorkerNotify` ([source](https://github.com/postgres/postgres/blob/REL_17_STABLE/src/backend/postmaster/postmaster.c))
+# > accepts a notify pid only if it is one of the postmaster's own live children, but
+# > `BackgroundWorkerStateChange` ([source](https://github.com/postgres/postgres/blob/REL_17_STABLE/src/backend/postmaster/bgworker.c))
+# > still signals the slot's raw `bgw_notify_pid` on two paths: a terminate request for a
+# > worker the postmaster never saw, and a registration refused during shutdown. bgwlab
+# > validates the target (pid *and* start time) on every path — stricter, on purpose.
 # </details>

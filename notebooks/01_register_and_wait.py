@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: -all
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
 #     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
 #     text_representation:
@@ -36,13 +36,27 @@
 #    How long will `wait_for_startup()` take: ~0 ms or ~500 ms?
 # 3. A worker finished and its slot was reused by another worker. What does the *old*
 #    handle say now?
+#
+# > **In PostgreSQL** — `GetBackgroundWorkerPid`, `WaitForBackgroundWorkerStartup` and
+# > `WaitForBackgroundWorkerShutdown` ([source](https://github.com/postgres/postgres/blob/REL_17_STABLE/src/backend/postmaster/bgworker.c))
+# > have no timeout: they wait on the latch until the postmaster has acted (or died).
+# > bgwlab's `timeout=` is its own addition, for notebooks and experiments.
 
 # %%
+my_prediction = {
+    "1. get_pid() right after registering": ...,       # e.g. "NOT_YET_STARTED"
+    "2. wait_for_startup() of the slowed worker (ms)": ...,
+    "3. the old handle after its slot was reused": ...,
+}
+
+# %%
+import time
+
 import matplotlib.pyplot as plt
 
-from bgwlab import Cluster, Fault, WorkerSpec
+from bgwlab import Cluster, Fault, HandleStatus, WorkerSpec
 from bgwlab.lab.plots import plot_timeline
-from bgwlab.lab.teaching import event_table, quick_mode, wait_for_event
+from bgwlab.lab.teaching import check_value, claim, event_table, predictions, quick_mode, wait_for_event
 
 QUICK = quick_mode()
 cluster = Cluster.start(max_workers=2)   # only two slots: reuse comes quickly
@@ -59,7 +73,8 @@ backend = cluster.connect()
 h = backend.register_dynamic_worker(
     WorkerSpec(name="sleeper", entry="bgwlab.examples:sleep_forever",
                fault=Fault.slow_start(0.1, where="postmaster")))
-print("right after register:", h.get_pid())
+first_look = h.get_pid()
+print("right after register:", first_look)
 print("wait_for_startup:    ", h.wait_for_startup())
 print("get_pid while it runs:", h.get_pid())
 h.terminate()
@@ -88,8 +103,10 @@ print("get_pid afterwards:  ", h.get_pid())
 slow = backend.register_dynamic_worker(
     WorkerSpec(name="slowpoke", entry="bgwlab.examples:sleep_forever",
                fault=Fault.slow_start(0.5, where="worker")))
+t0 = time.monotonic()
 status, pid = slow.wait_for_startup()
-print(status.name, pid)
+slow_wait_ms = 1000 * (time.monotonic() - t0)
+print(status.name, pid, f"after {slow_wait_ms:.1f} ms")
 wait_for_event(cluster, "reached_main", slow)   # no handle call waits for this: the log tells
 slow.terminate()
 slow.wait_for_shutdown()
@@ -116,7 +133,9 @@ print("old handle now reads:", old.get_pid(), "| a reads:", a.wait_for_startup()
 
 # %%
 old.terminate()   # a stale handle: a no-op, it cannot touch the new occupant of its slot
-print("after old.terminate(): a =", a.get_pid()[0].name, "| b =", b.get_pid()[0].name)
+after_stale = (a.get_pid()[0], b.get_pid()[0])
+print("after old.terminate(): a =", after_stale[0].name, "| b =", after_stale[1].name)
+t_own_terminate = time.monotonic_ns()
 a.terminate()                                    # their own handles do stop them
 b.terminate()
 print(a.wait_for_shutdown().name, b.wait_for_shutdown().name)
@@ -124,8 +143,22 @@ print(a.wait_for_shutdown().name, b.wait_for_shutdown().name)
 # %% [markdown]
 # The old handle names `(slot, old generation)`. The slot now holds another generation,
 # so the old handle reads `STOPPED` — it can never report another worker's pid, and
-# `terminate()` on it does nothing. Generations never go backwards, not even across a
-# crash-restart (notebook 06).
+# `terminate()` on it does nothing. In bgwlab, generations never go backwards, not even
+# across a crash-restart (notebook 06).
+#
+# > **In PostgreSQL** — after a crash-restart, `BackgroundWorkerShmemInit` ([source](https://github.com/postgres/postgres/blob/REL_17_STABLE/src/backend/postmaster/bgworker.c))
+# > recreates the slot array and sets every slot's `generation` back to 0. That is safe
+# > there because every backend — every holder of a handle — died in the crash too. bgwlab's
+# > registrants (this kernel) live outside the crash domain and keep their handles, so
+# > bgwlab keeps generations growing: an old handle must never match a new worker.
+
+# %%
+old_now = old.get_pid()
+predictions(my_prediction, {
+    "1. get_pid() right after registering": first_look[0],
+    "2. wait_for_startup() of the slowed worker (ms)": slow_wait_ms,
+    "3. the old handle after its slot was reused": old_now[0],
+})
 
 # %% [markdown]
 # ## The figure: every slot's story
@@ -134,6 +167,42 @@ print(a.wait_for_shutdown().name, b.wait_for_shutdown().name)
 events = cluster.events()
 fig, ax = plt.subplots(figsize=(9, 5.5))
 plot_timeline(events, ax=ax);
+
+# %% tags=["check", "remove-cell"]
+# Key claims, on this run: STARTED came before the worker's code ran, and a stale handle
+# reads STOPPED and cannot touch the slot's new occupant.
+_s = event_table(cluster.events(), slot=slow.slot, generation=slow.generation).groupby("kind").t_ms.first()
+claim(_s["woke"] < _s["reached_main"], "the registrant woke (STARTED) before the worker reached its code")
+claim(old_now == (HandleStatus.STOPPED, None), "the old handle reads (STOPPED, None) after its slot was reused")
+_seen = [e for e in cluster.events() if e.kind == "terminate_seen"
+         and (e.slot, e.generation) in {(a.slot, a.generation), (b.slot, b.generation)}]
+claim(after_stale == (HandleStatus.STARTED, HandleStatus.STARTED)
+      and len(_seen) == 2 and all(e.t_ns >= t_own_terminate for e in _seen),
+      "old.terminate() reached neither worker now in a slot; only their own handles stopped them")
+
+# %% [markdown]
+# ## Your turn
+#
+# Register a worker that the postmaster will fork only after 0.3 s
+# (`Fault.slow_start(0.3, where="postmaster")`, entry `"bgwlab.examples:sleep_forever"`),
+# and call `wait_for_startup(timeout=0)` on it at once. Store what that returns in
+# `early`. Then terminate the worker.
+
+# %%
+early = ...   # your code here
+
+# %% tags=["solution"]
+_h = backend.register_dynamic_worker(
+    WorkerSpec(name="not-yet", entry="bgwlab.examples:sleep_forever",
+               fault=Fault.slow_start(0.3, where="postmaster")))
+early = _h.wait_for_startup(timeout=0)
+_h.terminate()
+_h.wait_for_shutdown()
+
+# %%
+check_value(early, (HandleStatus.NOT_YET_STARTED, None), "wait_for_startup(timeout=0) before the fork",
+            hint="with a timeout that expires, the wait returns the current status -- "
+                 "before the fork that is the status get_pid() showed in section 1")
 
 # %%
 cluster.stop()
@@ -178,6 +247,9 @@ cluster.stop()
 #
 # `bgwlab.OutOfWorkerSlots`, before anything is written: all slots are in use. The message
 # suggests waiting for a worker to stop, terminating one, or a larger `max_workers`.
-# PostgreSQL's `RegisterDynamicBackgroundWorker` returns false in the same case, and
-# parallel query then quietly runs with fewer workers ("planned" vs "launched").
+#
+# > **In PostgreSQL** — `RegisterDynamicBackgroundWorker` ([source](https://github.com/postgres/postgres/blob/REL_17_STABLE/src/backend/postmaster/bgworker.c))
+# > returns `false` when no slot is free (an exception in bgwlab), and parallel query
+# > (`LaunchParallelWorkers` in [parallel.c](https://github.com/postgres/postgres/blob/REL_17_STABLE/src/backend/access/transam/parallel.c))
+# > then quietly runs with fewer workers ("Workers Planned" vs "Workers Launched").
 # </details>

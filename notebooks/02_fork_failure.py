@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: -all
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
 #     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
 #     text_representation:
@@ -24,9 +24,22 @@
 # This is the case Haas's mail was about: "*if the worker isn't launched successfully
 # (fork fails, …) you have no way of knowing*". Until 2013 a registrant could only wait
 # for a sign of life and give up after a while. And even after handles and notification
-# existed, PostgreSQL had a bug here until 2015: a `BGW_NEVER_RESTART` worker whose fork
-# failed was never forgotten, so its waiter **was never woken and hung**. We reproduce
-# the fixed behaviour: the worker is forgotten and the waiter notified.
+# existed (2013), PostgreSQL got this path wrong for four more years: a `BGW_NEVER_RESTART`
+# worker whose fork failed was not reported, so a waiter in
+# `WaitForBackgroundWorkerStartup` **was never woken and hung**. We reproduce the fixed
+# behaviour: the worker is forgotten and the waiter notified.
+#
+# > **In PostgreSQL** — the fix came in **2017**: Tom Lane's April 2017 commit "Fix
+# > postmaster's handling of fork failure for a bgworker process" (before it the postmaster
+# > half-behaved as if the fork had worked), then Robert Haas's "Report failure to start a
+# > background worker": since then `maybe_start_bgworkers` ([source](https://github.com/postgres/postgres/blob/REL_17_STABLE/src/backend/postmaster/postmaster.c))
+# > forgets a `BGW_NEVER_RESTART` worker whose start failed (`ForgetBackgroundWorker`) and
+# > signals its `bgw_notify_pid`, so the handle reads `BGWH_STOPPED`. In December 2017
+# > `parallel.c` learned to turn that into the error "parallel worker failed to
+# > initialize" (`WaitForParallelWorkersToAttach` / `WaitForParallelWorkersToFinish`,
+# > [source](https://github.com/postgres/postgres/blob/REL_17_STABLE/src/backend/access/transam/parallel.c)).
+# > (The 2015 commit sometimes quoted for this was a different fix: a worker terminated
+# > *before it started* is reported and its waiter notified.)
 #
 # In bgwlab the failure is injected *at the real call site*: the postmaster's fork path
 # raises a real `OSError(EAGAIN)` (labelled `injected` in the event log).
@@ -40,15 +53,24 @@
 #    it report the failure?
 
 # %%
+my_prediction = {
+    "1. NEVER_RESTART, fork fails: wait_for_startup() returns": ...,   # e.g. "STOPPED"
+    "1. ... after (ms)": ...,
+    "2. restart=0.2, two failed forks: wait_for_startup() returns": ...,
+    "3. timeout(T) reports the failed fork after (ms)": ...,
+}
+
+# %%
 import errno
+import time
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from bgwlab import Cluster, Fault, WorkerSpec, NEVER_RESTART
+from bgwlab import Cluster, Fault, HandleStatus, WorkerSpec, NEVER_RESTART
 from bgwlab.lab.plots import plot_timeline
 from bgwlab.lab.strategies import PRELOAD, Notify, Timeout
-from bgwlab.lab.teaching import event_table, quick_mode
+from bgwlab.lab.teaching import check_value, claim, event_table, predictions, quick_mode
 
 QUICK = quick_mode()
 T = 0.5 if QUICK else 5.0          # the "wait 5 s and give up" timeout
@@ -62,13 +84,21 @@ backend = cluster.connect()
 doomed = backend.register_dynamic_worker(
     WorkerSpec(name="doomed", entry="bgwlab.examples:sleep_ms", main_arg=100,
                restart=NEVER_RESTART, fault=Fault.fork_failure(errno=errno.EAGAIN)))
-print("wait_for_startup ->", doomed.wait_for_startup())
+doomed_result = doomed.wait_for_startup()
+doomed_ms = (time.monotonic_ns() - doomed.registered_ns) / 1e6
+print("wait_for_startup ->", doomed_result, f"{doomed_ms:.2f} ms after registering")
 event_table(cluster.events(), slot=doomed.slot, generation=doomed.generation)
 
 # %% [markdown]
 # `fork_attempted` → `fork_failed` (errno 11, `EAGAIN`, injected) → `unregistered` (the
-# worker is forgotten) → `notified` (SIGUSR1 to us) → `woke` with `STOPPED`. Well under a
-# millisecond or two from registration to knowing.
+# worker is forgotten) → `notified` (SIGUSR1 to us) → `woke` with `STOPPED`: the time is
+# printed above, from registration to knowing.
+#
+# > **In PostgreSQL** — `do_start_bgworker` ([source](https://github.com/postgres/postgres/blob/REL_17_STABLE/src/backend/postmaster/postmaster.c))
+# > logs "could not fork worker process" and marks the worker as crashed
+# > (`rw_crashed_at`); the next pass of `maybe_start_bgworkers` forgets a NEVER_RESTART
+# > one and signals its waiter. bgwlab forgets it in the same pass — sooner by one loop of
+# > the postmaster, the same outcome.
 
 # %% [markdown]
 # ## 2. A restartable worker: the postmaster keeps trying
@@ -82,11 +112,22 @@ event_table(cluster.events(), slot=doomed.slot, generation=doomed.generation)
 stubborn = backend.register_dynamic_worker(
     WorkerSpec(name="stubborn", entry="bgwlab.examples:sleep_ms", main_arg=100,
                restart=0.2, fault=Fault.fork_failure(errno=errno.EAGAIN, times=2)))
-print("wait_for_startup(timeout=0.1) ->", stubborn.wait_for_startup(timeout=0.1))
-print("wait_for_startup()            ->", stubborn.wait_for_startup())
+stubborn_early = stubborn.wait_for_startup(timeout=0.1)
+stubborn_result = stubborn.wait_for_startup()
+print("wait_for_startup(timeout=0.1) ->", stubborn_early)
+print("wait_for_startup()            ->", stubborn_result)
 stubborn.wait_for_shutdown()
 t = event_table(cluster.events(), slot=stubborn.slot, generation=stubborn.generation)
 t[t.kind.isin(["registered", "fork_attempted", "fork_failed", "restart_scheduled", "forked", "woke"])]
+
+# %% [markdown]
+# (`wait_for_startup()` may also return `STOPPED`: the worker runs only 100 ms, and on a
+# busy machine it can be over before this kernel wakes.)
+#
+# > **In PostgreSQL** — the same: a restartable worker whose fork failed keeps its slot
+# > with pid -1 (`BGWH_NOT_YET_STARTED`) and is retried once `bgw_restart_time` has passed
+# > since `rw_crashed_at` (`maybe_start_bgworkers`, [source](https://github.com/postgres/postgres/blob/REL_17_STABLE/src/backend/postmaster/postmaster.c));
+# > nobody is signalled for the failed attempt.
 
 # %% [markdown]
 # ## 3. Notification against "wait T seconds and give up"
@@ -103,16 +144,30 @@ for strategy in (Notify(), Timeout(T)):
         h, out = strategy.start(backend, cluster.directory, fault=fault)
         rows.append((strategy.label, "fork fails" if fault else "no fault", out.verdict,
                      round(out.time_to_verdict_ms, 2)))
-pd.DataFrame(rows, columns=["strategy", "case", "verdict", "time_to_verdict_ms"])
+cmp = pd.DataFrame(rows, columns=["strategy", "case", "verdict", "time_to_verdict_ms"])
+cmp
 
 # %% [markdown]
 # (The workers run 10 ms and exit by themselves. `Timeout` registers without `notify`, so it
 # could not even `wait_for_shutdown()`: nobody would wake it, as in PostgreSQL, where the
 # waits need `bgw_notify_pid`.)
 #
-# Both strategies are right, and equally fast, when the worker starts. When the fork fails,
-# `Notify` says `failed` within a millisecond or so, while `Timeout` can only say
-# `timed_out` — after exactly `T`. It cannot even tell a failure from a slow start.
+# Both strategies are right when the worker starts (the timeout looks for the sign-in every
+# 10 ms, so it may be a few ms later). When the fork fails, `Notify` says `failed` at
+# once, while `Timeout` can only say `timed_out` — after exactly `T`. It cannot even tell a
+# failure from a slow start. Your predictions beside this run:
+
+# %%
+_ff = cmp[cmp.case == "fork fails"].set_index("strategy").time_to_verdict_ms
+notify_ff_ms, timeout_ff_ms = _ff["notify"], _ff[Timeout(T).label]
+print(f"fork failure reported by notify after {notify_ff_ms:.2f} ms, by timeout({T:g}) after "
+      f"{timeout_ff_ms:.1f} ms: {timeout_ff_ms / notify_ff_ms:,.0f} times later")
+predictions(my_prediction, {
+    "1. NEVER_RESTART, fork fails: wait_for_startup() returns": doomed_result[0],
+    "1. ... after (ms)": doomed_ms,
+    "2. restart=0.2, two failed forks: wait_for_startup() returns": stubborn_result[0],
+    "3. timeout(T) reports the failed fork after (ms)": timeout_ff_ms,
+})
 
 # %% [markdown]
 # ## The figure
@@ -122,6 +177,40 @@ fig, ax = plt.subplots(figsize=(9, 3.4))
 plot_timeline(cluster.events(), ax=ax,
               slots=[(doomed.slot, doomed.generation), (stubborn.slot, stubborn.generation)]);
 ax.set_title("fork failures: forgotten at once (NEVER_RESTART) or retried (restart=0.2 s)");
+
+# %% tags=["check", "remove-cell"]
+# Key claims, on this run: the waiter of a NEVER_RESTART worker whose fork failed is woken
+# with STOPPED; a restartable one stays NOT_YET_STARTED through its failed forks; and
+# notification reports a failed fork long before a timeout of T can.
+claim(doomed_result == (HandleStatus.STOPPED, None), "the doomed worker's waiter woke with STOPPED")
+_st = event_table(cluster.events(), slot=stubborn.slot, generation=stubborn.generation)
+claim(stubborn_early[0] is HandleStatus.NOT_YET_STARTED and (_st.kind == "fork_failed").sum() == 2
+      and (_st.kind == "forked").sum() == 1, "stubborn: NOT_YET_STARTED through two failed forks, then forked")
+claim(timeout_ff_ms >= 0.95 * T * 1000 and notify_ff_ms < 0.5 * T * 1000,
+      f"notify reported the failed fork well before T = {T:g} s; timeout only at T")
+
+# %% [markdown]
+# ## Your turn
+#
+# Register a worker (`"bgwlab.examples:sleep_ms"`, `main_arg=50`) whose fork fails three
+# times (`Fault.fork_failure(errno=errno.EAGAIN, times=3)`) with `restart=0.1`, wait for
+# its start, and count from the event log how many times the postmaster's fork failed for
+# it. Store the count in `n_failed`.
+
+# %%
+n_failed = ...   # your code here
+
+# %% tags=["solution"]
+_h = backend.register_dynamic_worker(
+    WorkerSpec(name="three-times", entry="bgwlab.examples:sleep_ms", main_arg=50, restart=0.1,
+               fault=Fault.fork_failure(errno=errno.EAGAIN, times=3)))
+_h.wait_for_startup()
+_h.wait_for_shutdown()
+n_failed = len(event_table(cluster.events(), slot=_h.slot, generation=_h.generation, kinds=["fork_failed"]))
+
+# %%
+check_value(n_failed, 3, "failed forks before the worker started",
+            hint="event_table(cluster.events(), slot=h.slot, generation=h.generation, kinds=['fork_failed'])")
 
 # %%
 cluster.stop()
@@ -145,9 +234,9 @@ cluster.stop()
 # <details><summary>Answer</summary>
 #
 # The waiter would sleep on its latch forever (or until some unrelated signal made it look
-# again): the PostgreSQL bug fixed in 2015. The slot would read `STOPPED` — but nobody
-# tells the waiter to look. A notification protocol must cover every path to a final
-# state, failure paths included.
+# again): the PostgreSQL bug fixed in 2017 (Robert Haas, "Report failure to start a
+# background worker"). The slot would read `STOPPED` — but nobody tells the waiter to look.
+# A notification protocol must cover every path to a final state, failure paths included.
 # </details>
 #
 # 3. As a non-root user you can make `fork()` fail for real: `RLIMIT_NPROC`. Which

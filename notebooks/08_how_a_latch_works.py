@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: -all
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
 #     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
 #     text_representation:
@@ -47,11 +47,27 @@
 # Data in a pipe is a *level*, not an edge: it stays until read. CPython's C-level handler
 # writes a byte to the fd given to `signal.set_wakeup_fd()`, from whichever thread got the
 # signal; bgwlab's `SignalDispatcher` reads it and sets every waiter's latch (an eventfd, or
-# a pipe). That is PostgreSQL's `latch.c` and Haas's `set_latch_on_sigusr1`.
+# a pipe).
+#
+# > **In PostgreSQL** — `latch.c` ([source](https://github.com/postgres/postgres/blob/REL_17_STABLE/src/backend/storage/ipc/latch.c)):
+# > `ResetLatch` / `WaitLatch` with the same reset → check → wait loop. `SetLatch` on
+# > another process sends it SIGURG; on Linux the waiter receives SIGURG through a
+# > `signalfd` in its `epoll` set, elsewhere a handler (`latch_sigurg_handler`) writes to a
+# > self-pipe. The postmaster's notification is a SIGUSR1, whose handler in a backend
+# > (`procsignal_sigusr1_handler`, [procsignal.c](https://github.com/postgres/postgres/blob/REL_17_STABLE/src/backend/storage/ipc/procsignal.c))
+# > sets the backend's own latch. In Haas's 2013 patch this was `set_latch_on_sigusr1`.
 #
 # **Predict first.** We send SIGUSR1 (a) right between the check and the sleep, and
 # (b) 50 ms into the sleep. For the bare loop and for the latch loop, each with a 300 ms
-# safety timeout: when does each waiter wake?
+# safety timeout: when does each waiter wake (ms after it started)?
+
+# %%
+my_prediction = {
+    "bare, signal in the window: woke at (ms)": ...,
+    "latch, signal in the window: woke at (ms)": ...,
+    "bare, signal during the sleep: woke at (ms)": ...,
+    "latch, signal during the sleep: woke at (ms)": ...,
+}
 
 # %%
 import threading
@@ -59,7 +75,8 @@ import threading
 import matplotlib.pyplot as plt
 
 from bgwlab.latch import dispatcher
-from bgwlab.lab.teaching import measure_wakeups, plot_wakeups, quick_mode, race_demo
+from bgwlab.lab.teaching import (check_value, claim, measure_wakeups, plot_wakeups, predictions,
+                                 quick_mode, race_demo)
 
 QUICK = quick_mode()
 print(f"this kernel runs {threading.active_count()} threads:",
@@ -91,6 +108,10 @@ fig.tight_layout()
 # `select()` carries on sleeping. In C, (b) would be interrupted with `EINTR` — if the
 # signal hit this thread — and only (a) would be lost. The race is narrow; that is exactly
 # why it survives testing and bites in production.
+
+# %%
+predictions(my_prediction, {f"{r.waiter}, signal {r.signal}: woke at (ms)": r.woke_at_ms
+                            for r in race.itertuples()})
 
 # %% [markdown]
 # ## 2. The real thing: how many signals has this process seen?
@@ -130,6 +151,34 @@ wake.groupby(["event", "mechanism"]).agg(
 # %%
 fig, ax = plt.subplots(figsize=(9, 3.8))
 plot_wakeups(wake, ax=ax);
+
+# %% tags=["check", "remove-cell"]
+# Key claims, on this run: the bare loop lost both wakeups (slept to its timeout), the latch
+# lost neither; a latch notices a signal sooner than polling every 10 ms does.
+_r = race.set_index(["waiter", "signal"])
+claim(bool(_r.loc["bare"].lost.all()) and not bool(_r.loc["latch"].lost.any()),
+      "bare loop: both wakeups lost; latch loop: none")
+claim(float(_r.loc["latch"].woke_at_ms.max()) < 0.5 * 300, "the latch waiter woke long before its 300 ms timeout")
+_med = wake[wake.event == "signal"].groupby("mechanism").latency_us.median()
+claim(_med["eventfd latch"] < _med["polling 10 ms"], "the eventfd latch notices a signal sooner than 10 ms polling")
+
+# %% [markdown]
+# ## Your turn
+#
+# From `wake`, how many times longer (median `latency_us`) did a waiter polling every 10 ms
+# take to notice a signal than one sleeping on the eventfd latch? Store it in `slower`.
+
+# %%
+slower = ...   # your code here
+
+# %% tags=["solution"]
+_s = wake[wake.event == "signal"].groupby("mechanism").latency_us.median()
+slower = _s["polling 10 ms"] / _s["eventfd latch"]
+
+# %%
+_s = wake[wake.event == "signal"].groupby("mechanism").latency_us.median()
+check_value(slower, _s["polling 10 ms"] / _s["eventfd latch"], "polling 10 ms / eventfd latch, median",
+            hint="wake[wake.event == 'signal'].groupby('mechanism').latency_us.median()")
 
 # %% [markdown]
 # What to read in it (your numbers are in the table above; these are the shapes):
@@ -172,10 +221,23 @@ plot_wakeups(wake, ax=ax);
 #
 # <details><summary>Answer</summary>
 #
-# A Python-level handler runs later, in the main thread, between bytecodes. If the main
-# thread is the one sleeping in `poll()` — or is busy in a long C call — the handler does
-# not run until it returns: no wakeup. The C-level wakeup-fd write happens immediately, in
-# async-signal-safe code, whichever thread received the signal.
+# Not because of a sleeping main thread: a main thread asleep in `poll()` does run the
+# handler promptly — the signal interrupts the system call (`EINTR`), CPython runs the
+# Python handlers, and (PEP 475) retries the call; a handler that sets the latch has set
+# it before the retried `poll()` looks. The gaps are elsewhere:
+#
+# * **The signal is delivered to another thread.** The kernel may pick any thread that does
+#   not block the signal (this kernel has a dozen). That thread's C handler only records
+#   it; the *main* thread, still asleep in `poll()`, is not interrupted, and Python handlers
+#   run only in the main thread — so the handler waits until the main thread wakes for some
+#   other reason (its timeout).
+# * **The waiter is not the main thread** (a worker thread, the panel's waiter threads).
+#   Python handlers never run there; whatever it sleeps on, only a write into an fd it
+#   polls can wake it.
+# * (And a main thread busy in a long C call runs no handler until the call returns.)
+#
+# The C-level wakeup-fd write happens at once, in async-signal-safe code, in whichever
+# thread received the signal — which is why bgwlab's dispatcher is built on it.
 # </details>
 #
 # 4. Estimate from your table: a registrant polls every 1 ms while it waits for a worker

@@ -6,6 +6,11 @@
   that the kernel really ran this venv's Python.
 * Each pair is in sync: the ``.py`` (py:percent, the reviewable source) and the ``.ipynb``
   hold the same cells, and the committed ``.ipynb`` has no outputs.
+* Each teaching notebook (00-09) is a lesson a student *does*: a "predict first" that a
+  ``predictions(...)`` cell sets beside the measurement, a code exercise whose worked
+  solution is a cell tagged ``solution`` followed by a check cell (``check``/``check_value``),
+  and its key claim asserted on the run's data in a cell tagged ``check`` (``claim(...)``),
+  which therefore runs here, in CI: a notebook whose data contradict its text fails.
 
 Execution times are written to ``test-artifacts/notebook-times.txt`` and printed at the
 end of the module; the executed notebooks (with outputs) go to ``test-artifacts/notebooks/``.
@@ -58,6 +63,13 @@ def kernel_env(tmp_path_factory):
     nb.cells = [nbformat.v4.new_code_cell("1 + 1")]
     nbclient.NotebookClient(nb, kernel_name="python3", timeout=60).execute()
     yield
+    # nbclient leaves this thread's event loop (an epoll fd and a socketpair) open for
+    # reuse; close it so the module leaves nothing behind (jupyter_core makes a new one).
+    from jupyter_core.utils import ensure_event_loop
+
+    loop = ensure_event_loop()
+    if not loop.is_running():
+        loop.close()
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
@@ -103,6 +115,41 @@ def test_pair_in_sync_and_outputs_stripped(source):
                 f"{ipynb.name} was saved with outputs: run "
                 f".venv/bin/jupyter nbconvert --clear-output --inplace {ipynb}")
     assert from_ipynb.metadata.get("kernelspec", {}).get("name") == "python3"
+
+
+LESSONS = [p for p in SOURCES if p.name[:2] < "10"]
+
+
+def _tags(cell) -> set:
+    return set(cell.get("metadata", {}).get("tags", []))
+
+
+@pytest.mark.parametrize("source", LESSONS, ids=[p.stem for p in LESSONS])
+def test_lesson_has_exercise_predictions_and_key_claim(source):
+    nb = jupytext.read(source)
+    cells = nb.cells
+    code = [c for c in cells if c.cell_type == "code"]
+    solutions = [i for i, c in enumerate(cells) if "solution" in _tags(c)]
+    assert solutions, f"{source.name}: no code exercise with a cell tagged 'solution'"
+    for i in solutions:
+        assert cells[i].cell_type == "code"
+        before = [c for c in cells[:i] if c.cell_type == "code"]
+        assert before and "..." in before[-1].source, (
+            f"{source.name}: the cell before a solution must be the student's, with a ...")
+        after = next(c for c in cells[i + 1:] if c.cell_type == "code")
+        assert "check" in after.source and not _tags(after) & {"solution", "check"}, (
+            f"{source.name}: a solution must be followed by an untagged check cell")
+    claims = [c for c in code if "check" in _tags(c)]
+    assert claims and all("claim(" in c.source for c in claims), (
+        f"{source.name}: no key claim asserted in a cell tagged 'check'")
+    text = "\n".join(c.source for c in cells if c.cell_type == "markdown")
+    if "Predict first" in text:
+        first_predict = next(i for i, c in enumerate(cells) if "Predict first" in c.source)
+        assert any("my_prediction" in c.source for c in cells[first_predict:first_predict + 3]), (
+            f"{source.name}: 'Predict first' without a cell to write the prediction in")
+        assert any("predictions(my_prediction" in c.source for c in code), (
+            f"{source.name}: the prediction is never set beside the measurement")
+    assert "2015" not in text or "terminate" in text, f"{source.name}: the fork-failure fix was 2017"
 
 
 @pytest.mark.slow
