@@ -3,12 +3,15 @@
 Each ``*_trial`` starts one child and returns a dict of nanosecond timestamps:
 
 * ``t0``    -- just before the start call;
-* ``t1``    -- the caller knows the child is running (the child told it);
+* ``t_pid`` -- the start call returned: the caller knows the child's pid
+  (``os.fork()`` / ``Process.start()`` / ``Popen()`` returned in the parent);
+* ``t1``    -- the caller knows the child's code runs (the child told it);
 * ``t_last``-- the child's last instruction (``time.monotonic_ns()`` it sent back);
 * ``t3``    -- the caller knows the child has stopped.
 
-So "start" is ``t1 - t0`` and "death" is ``t3 - t_last``, the same two questions the
-bgwlab runner asks of a worker.  Each ``*_cycles`` function runs bare start/exit cycles
+So "start" is ``t_pid - t0`` (request -> pid known), "running" is ``t1 - t0`` (request
+-> the child's code ran, as the caller learns) and "death" is ``t3 - t_last``: the same
+three pairs of instants the bgwlab runner times for a worker.  Each ``*_cycles`` function runs bare start/exit cycles
 for a fixed time and returns how many completed.
 
 The peers:
@@ -122,6 +125,7 @@ class RawFork:
                 os.write(st_w, t.to_bytes(STAMP, "little"))
             finally:
                 os._exit(0)
+        t_pid = _ns()
         try:
             self._wait_for(signal.SIGUSR1)
             t1 = _ns()
@@ -133,7 +137,7 @@ class RawFork:
         finally:
             for fd in (go_r, go_w, st_r, st_w):
                 os.close(fd)
-        return {"t0": t0, "t1": t1, "t_last": t_last, "t3": t3}
+        return {"t0": t0, "t_pid": t_pid, "t1": t1, "t_last": t_last, "t3": t3}
 
     def cycles(self, t_end: int) -> int:
         """fork; child signals 'running' and exits; parent sees both."""
@@ -179,6 +183,7 @@ def mp_trial(method: str) -> dict:
     try:
         t0 = _ns()
         p.start()
+        t_pid = _ns()
         if not run_r.poll(TIMEOUT_MS / 1000):
             raise TimeoutError(f"multiprocessing {method} child did not report")
         run_r.recv_bytes()
@@ -196,7 +201,7 @@ def mp_trial(method: str) -> dict:
         p.close()
         for c in (run_r, run_w, go_r, go_w):
             c.close()
-    return {"t0": t0, "t1": t1, "t_last": t_last, "t3": t3}
+    return {"t0": t0, "t_pid": t_pid, "t1": t1, "t_last": t_last, "t3": t3}
 
 
 def mp_cycles(method: str, t_end: int) -> int:
@@ -227,6 +232,7 @@ def popen_trial() -> dict:
     t0 = _ns()
     p = subprocess.Popen([sys.executable, "-c", POPEN_CHILD], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE)
+    t_pid = _ns()
     try:
         _read_exact(p.stdout.fileno(), 1)
         t1 = _ns()
@@ -240,7 +246,7 @@ def popen_trial() -> dict:
             p.wait()
         p.stdin.close()
         p.stdout.close()
-    return {"t0": t0, "t1": t1, "t_last": t_last, "t3": t3}
+    return {"t0": t0, "t_pid": t_pid, "t1": t1, "t_last": t_last, "t3": t3}
 
 
 TRIALS = {

@@ -3,14 +3,20 @@
 Pure functions on plain lists and dicts (no pandas), so that ``run.py`` stays light and
 the smoke test can check them directly.
 
-A *metric* is named ``system.kind[.variant]``:
+A *metric* is named ``system.kind[.variant]``; every kind is one pair of instants, the
+same for every system that has it (``postgresql`` = the probe inside a PostgreSQL backend):
 
-* kind ``start``   -- request -> the caller knows the child started (for bgwlab: knows
-  its pid, as ``wait_for_startup`` returns; for the peers: the child said it runs);
-* kind ``running`` -- bgwlab only: request -> the registrant heard from the running worker
-  (the same definition as the peers' ``start``);
+* kind ``start``   -- request -> the caller knows the pid (bgwlab, PostgreSQL:
+  wait-for-startup returned STARTED + pid; peers: ``os.fork()`` / ``Process.start()`` /
+  ``Popen()`` returned);
+* kind ``running`` -- request -> the caller knows the worker's code ran (it heard from it);
 * kind ``death``   -- the child's last instruction -> the caller knows it stopped;
-* kind ``fail``    -- request with an injected fork failure -> the registrant knows;
+* kind ``fail_injected`` -- request with ``Fault.fork_failure()`` (raised at the call
+  site: no ``fork()`` is called) -> the registrant knows it stopped;
+* kind ``fail_genuine``  -- request to a postmaster in a pids cgroup at its limit
+  (``fork()`` fails with EAGAIN) -> the registrant knows it stopped;
+* kind ``crash``   -- request of a worker whose entry function does not exist -> the
+  registrant knows it stopped;
 * kind ``rate``    -- start/exit cycles per second;
 * kind ``event``   -- microseconds per ``EventWriter.emit`` call.
 """
@@ -20,13 +26,17 @@ from __future__ import annotations
 import math
 
 PEERS = ("raw_fork", "mp_fork", "mp_forkserver", "mp_spawn", "popen")
-UNITS = {"start": "ms", "running": "ms", "death": "ms", "fail": "ms", "rate": "cycles/s",
-         "event": "us"}
-# Which peer kind a row is compared with.
-RATIO_KIND = {"start": "start", "running": "start", "death": "death", "rate": "rate"}
+REFERENCE = "postgresql"  # the real thing, where a server is installed
+UNITS = {"start": "ms", "running": "ms", "death": "ms", "fail_injected": "ms",
+         "fail_genuine": "ms", "crash": "ms", "rate": "cycles/s", "event": "us"}
+# Which kind of the other system a row is compared with: always the same pair of instants.
+RATIO_KIND = {"start": "start", "running": "running", "death": "death",
+              "fail_genuine": "fail_genuine", "crash": "crash", "rate": "rate"}
+COLUMNS_X = (REFERENCE,) + PEERS
 
 SUMMARY_COLUMNS = (["metric", "system", "kind", "variant", "unit", "n", "median", "p99", "mean",
-                    "min", "max", "vs_base"] + [f"x_{p}" for p in PEERS])
+                    "min", "max", "vs_base"] + [f"x_{p}" for p in COLUMNS_X]
+                   + [f"p99_x_{REFERENCE}"])
 
 
 def split_metric(metric: str) -> tuple[str, str, str]:
@@ -62,15 +72,18 @@ def summarize(samples: dict[str, list[float]]) -> list[dict]:
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """x_<peer> = this median / the peer's median (same kind); vs_base = / the variant-less row."""
+    """x_<system> = this median / that system's median of the same kind (the same pair of
+    instants); p99_x_postgresql likewise for p99; vs_base = / the variant-less row."""
     by_metric = {r["metric"]: r for r in rows}
     for r in rows:
         base = by_metric.get(f"{r['system']}.{r['kind']}")
         r["vs_base"] = (r["median"] / base["median"]) if (r["variant"] and base) else math.nan
         pk = RATIO_KIND.get(r["kind"])
-        for p in PEERS:
+        for p in COLUMNS_X:
             ref = by_metric.get(f"{p}.{pk}") if pk else None
             r[f"x_{p}"] = r["median"] / ref["median"] if ref and ref["median"] > 0 else math.nan
+        ref = by_metric.get(f"{REFERENCE}.{pk}") if pk else None
+        r[f"p99_x_{REFERENCE}"] = r["p99"] / ref["p99"] if ref and ref["p99"] > 0 else math.nan
 
 
 # -- targets (issue 6) ------------------------------------------------------------------------------
@@ -89,26 +102,39 @@ def evaluate_targets(rows: list[dict]) -> list[dict]:
         return r[stat] if r else math.nan
 
     start, p99 = get("bgwlab.start"), get("bgwlab.start", "p99")
-    death, fail = get("bgwlab.death"), get("bgwlab.fail")
+    death, fail = get("bgwlab.death"), get("bgwlab.fail_injected")
     add("start notification median", start, 1.0, "ms")
     add("start median / multiprocessing fork median", start / get("mp_fork.start"), 0.6, "x",
-        "mp_fork = child running known; bgwlab = pid known")
+        "the same pair on both: request -> pid known (Process.start() returned)")
     add("start notification p99", p99, 3.0, "ms",
         f"same run: raw fork+signal p99 {get('raw_fork.start', 'p99'):.3f}, "
         f"mp fork p99 {get('mp_fork.start', 'p99'):.3f} ms")
     add("death notification median", death, 1.0, "ms")
-    add("failed start reported (median)", fail, 2.0, "ms")
-    add("failed start reported (p99)", get("bgwlab.fail", "p99"), 2.0, "ms", "stricter reading")
+    add("failed start reported (median)", fail, 2.0, "ms", "injected fork failure")
+    add("failed start reported (p99)", get("bgwlab.fail_injected", "p99"), 2.0, "ms",
+        "injected; stricter reading")
     for label, metric, stat in (("start median", "bgwlab.start", "median"),
                                 ("start p99", "bgwlab.start", "p99"),
                                 ("death median", "bgwlab.death", "median"),
-                                ("failed start median", "bgwlab.fail", "median")):
+                                ("failed start median", "bgwlab.fail_injected", "median")):
         base, heavy = get(metric, stat), get(metric + ".heap200", stat)
         add(f"200 MB registrant: change of {label}", abs(heavy / base - 1) * 100, 20.0, "%",
             f"{heavy:.3f} vs {base:.3f} ms")
     on, off = start, get("bgwlab.start.log_off")
     add("event logging: added to start median", (on / off - 1) * 100, 5.0, "%",
         f"{on:.3f} (on) vs {off:.3f} ms (off)")
+    # issue 12: against PostgreSQL, the same pair of instants, the same run
+    for label, kind, stat, limit in (("start median", "start", "median", 1.0),
+                                     ("start p99", "start", "p99", 1.0),
+                                     ("running median", "running", "median", 1.2),
+                                     ("death median", "death", "median", 1.0),
+                                     ("genuine fork failure median", "fail_genuine", "median", 1.0),
+                                     ("early crash median", "crash", "median", 1.5)):
+        ours, theirs = get(f"bgwlab.{kind}", stat), get(f"{REFERENCE}.{kind}", stat)
+        if math.isnan(theirs):
+            continue
+        add(f"x PostgreSQL: {label}", ours / theirs, limit, "x",
+            f"{ours:.3f} vs {theirs:.3f} ms")
     return out
 
 
@@ -131,7 +157,7 @@ DEATH_STAGES = (
     ("woke", "t3", "registrant: log 'woke', return"),
 )
 FAIL_STAGES = START_STAGES[:3] + (  # the same request, then the fork that fails
-    ("fork_attempted", "fork_failed", "the (injected) failing fork call"),
+    ("fork_attempted", "fork_failed", "the failing fork call (injected: no fork())"),
     ("fork_failed", "unregistered", "postmaster: log, free the slot"),
     ("unregistered", "notified", "postmaster: log, find backend"),
     ("notified", "woke", "signal -> registrant awake, reads slot"),
@@ -158,7 +184,8 @@ def _trial_marks(evs, wait: str) -> dict[str, int]:
 def decompose(events, trials: list[dict], path: str) -> list[dict]:
     """Median / p99 of each stage, in microseconds, over `trials` (dicts with slot,
     generation and the runner's own stamps).  `path` is start, death or fail."""
-    main = {"start": START_STAGES, "death": DEATH_STAGES, "fail": FAIL_STAGES}[path]
+    main = {"start": START_STAGES, "death": DEATH_STAGES, "fail": FAIL_STAGES,
+            "fail_genuine": FAIL_STAGES}[path]
     stages = main + (START_SIDE if path == "start" else ())
     wait = "shutdown" if path == "death" else "startup"
     want = {(t["slot"], t["generation"]): t for t in trials}
@@ -215,14 +242,18 @@ def _ratio(v) -> str:
 
 def format_table(rows: list[dict]) -> str:
     head = (f"{'metric':<40} {'unit':>8} {'n':>5} {'median':>9} {'p99':>9} {'vs base':>8} "
-            + " ".join(f"{'x ' + p:>14}" for p in PEERS))
+            + " ".join(f"{'x ' + p:>14}" for p in COLUMNS_X) + f" {'p99 x postgres':>14}")
     lines = [head, "-" * len(head)]
-    order = {"start": 0, "running": 1, "death": 2, "fail": 3, "rate": 4, "event": 5}
-    for r in sorted(rows, key=lambda r: (order.get(r["kind"], 9), r["system"] != "bgwlab", r["metric"])):
+    order = {"start": 0, "running": 1, "death": 2, "fail_genuine": 3, "fail_injected": 4,
+             "crash": 5, "rate": 6, "event": 7}
+    sysorder = {"bgwlab": 0, REFERENCE: 1}
+    for r in sorted(rows, key=lambda r: (order.get(r["kind"], 9), sysorder.get(r["system"], 2),
+                                         r["metric"])):
         u = r["unit"]
         lines.append(f"{r['metric']:<40} {u:>8} {r['n']:>5} {_fmt(r['median'], u):>9} "
                      f"{_fmt(r['p99'], u):>9} {_ratio(r['vs_base']):>8} "
-                     + " ".join(f"{_ratio(r['x_' + p]):>14}" for p in PEERS))
+                     + " ".join(f"{_ratio(r['x_' + p]):>14}" for p in COLUMNS_X)
+                     + f" {_ratio(r['p99_x_' + REFERENCE]):>14}")
     return "\n".join(lines)
 
 
@@ -235,10 +266,10 @@ def format_targets(targets: list[dict]) -> str:
 
 
 def format_decomposition(rows: list[dict]) -> str:
-    lines = [f"{'path':<6} {'stage':<45} {'n':>5} {'median us':>10} {'p99 us':>10} {'share':>6}",
+    lines = [f"{'path':<12} {'stage':<45} {'n':>5} {'median us':>10} {'p99 us':>10} {'share':>6}",
              "-" * 92]
     for r in rows:
         share = "-" if math.isnan(r["share"]) else f"{100 * r['share']:.0f}%"
-        lines.append(f"{r['path']:<6} {r['stage']:<45} {r['n']:>5} {_fmt(r['median_us'], 'us'):>10} "
+        lines.append(f"{r['path']:<12} {r['stage']:<45} {r['n']:>5} {_fmt(r['median_us'], 'us'):>10} "
                      f"{_fmt(r['p99_us'], 'us'):>10} {share:>6}")
     return "\n".join(lines)

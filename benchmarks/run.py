@@ -211,11 +211,15 @@ class Bench:
         self.log = log
         self.samples: dict[str, list[float]] = {}
         self.sample_rows: list[tuple] = []
-        self.trials: dict[str, list[dict]] = {"start": [], "fail": []}
+        self.trials: dict[str, list[dict]] = {"start": [], "fail": [], "fail_genuine": []}
+        self.pg_kicked = 0
         self.clusters: dict = {}
         self.runners: dict[str, Runner] = {}
         self.loads: list[float] = []
         self.meta: dict = {}
+        self.limit = None
+        self.genuine = self.pg = False
+        self.failcg_events: list = []
 
     # -- setup / teardown -------------------------------------------------------------------------
     def setup(self) -> None:
@@ -224,11 +228,36 @@ class Bench:
         p = self.plan
         specs = {"base": (8, True), "log_off": (8, False), "mw64": (64, True),
                  "mw256": (256, True), "mw1024": (1024, True)}
+        import pg_bench
+
+        self.genuine, why = pg_bench.genuine_fail_available()
+        self.meta["genuine_fork_failure"] = {"available": self.genuine, "why_not": why,
+                                             "how": "the postmaster in a pids cgroup at its limit"}
+        if not self.genuine:
+            self.log(f"bench: no genuine fork failure here ({why}): skipping those rows",
+                     file=sys.stderr)
+        else:
+            specs["failcg"] = (8, True)
+        self.pg, why = pg_bench.available()
+        self.meta["postgresql"] = {"available": self.pg, "why_not": why}
+        if not self.pg:
+            self.log(f"bench: no PostgreSQL server here, skipping its rows: {why}", file=sys.stderr)
         for name, (mw, log) in specs.items():
             self.clusters[name] = Cluster.start(max_workers=mw, log_events=log, preload=PRELOAD)
-        for name, role in (("lean", "bgw"), ("heavy", "bgw"), ("c1", "bgw"), ("c2", "bgw"),
-                           ("c3", "bgw"), ("peers", "peers"), ("peers_heavy", "peers")):
+        if self.genuine:
+            from bgwlab.pg.cgroup import pids_limit
+
+            self.limit = pids_limit(self.clusters["failcg"].postmaster_pid)
+            self.limit.__enter__()
+        roles = [("lean", "bgw"), ("heavy", "bgw"), ("c1", "bgw"), ("c2", "bgw"),
+                 ("c3", "bgw"), ("peers", "peers"), ("peers_heavy", "peers")]
+        if self.pg:
+            roles.append(("pg", "pg"))
+        for name, role in roles:
             self.runners[name] = Runner(role, name)
+        if self.pg:
+            res = self.runners["pg"].call(op="setup", genuine_fail=self.genuine, timeout=600)
+            self.meta["postgresql"].update(res)
         dirs = {n: [str(c.directory), n != "log_off"] for n, c in self.clusters.items()}
         self.runner_pids = {n: r.pid for n, r in self.runners.items()}
         self.runners["lean"].call(op="attach", clusters=dirs)
@@ -263,6 +292,10 @@ class Bench:
         evidence of a failed run) and say where they are."""
         for r in self.runners.values():
             r.close()
+        if self.limit is not None:
+            self.limit.close()
+            self.meta["genuine_fork_failure"]["pids_events"] = self.limit.events
+            self.limit = None
         base_events = []
         for name, c in self.clusters.items():
             if keep:
@@ -270,6 +303,8 @@ class Bench:
             c.stop()
             if name == "base":
                 base_events = c.events()
+            elif name == "failcg":
+                self.failcg_events = c.events()
         return base_events
 
     # -- recording --------------------------------------------------------------------------------
@@ -300,18 +335,46 @@ class Bench:
         def timed(*args, **kw):
             out.extend(self.timed_tasks(*args, **kw))
 
-        def fail(runner, cluster, suffix, reps, trials=None):
+        def fail(runner, cluster, suffix, reps, trials=None, genuine=False):
+            kind = "fail_genuine" if genuine else "fail_injected"
+
             def record(res, rnd):
-                self.add(f"bgwlab.fail{suffix}", (res["t1"] - res["t0"]) / 1e6, rnd)
+                self.add(f"bgwlab.{kind}{suffix}", (res["t1"] - res["t0"]) / 1e6, rnd)
                 if trials is not None:
                     trials.append(res)
-            out.extend([(runner, {"op": "fail", "cluster": cluster}, record)] * reps)
+            out.extend([(runner, {"op": "fail", "cluster": cluster, "genuine": genuine},
+                         record)] * reps)
+
+        def crash(runner, cluster, reps):
+            def record(res, rnd):
+                self.add("bgwlab.crash", (res["t1"] - res["t0"]) / 1e6, rnd)
+            out.extend([(runner, {"op": "crash", "cluster": cluster}, record)] * reps)
 
         def peer(runner, name, suffix, reps):
             def record(res, rnd):
-                self.add(f"{name}.start{suffix}", (res["t1"] - res["t0"]) / 1e6, rnd)
+                self.add(f"{name}.start{suffix}", (res["t_pid"] - res["t0"]) / 1e6, rnd)
+                self.add(f"{name}.running{suffix}", (res["t1"] - res["t0"]) / 1e6, rnd)
                 self.add(f"{name}.death{suffix}", (res["t3"] - res["t_last"]) / 1e6, rnd)
             out.extend([(runner, {"op": "trial", "name": name}, record)] * reps)
+
+        def pg(kind, reps):
+            def record(res, rnd):
+                if "kicked" in res["status"]:
+                    self.pg_kicked += 1
+                if kind == "timed":
+                    if not res["status"].startswith("STARTED/STOPPED") or "t_run" not in res:
+                        raise BenchError(f"PostgreSQL timed trial: {res['status']}")
+                    self.add("postgresql.start", (res["t1"] - res["t0"]) / 1e6, rnd)
+                    self.add("postgresql.running", (res["t_run"] - res["t0"]) / 1e6, rnd)
+                    self.add("postgresql.death", (res["t3"] - res["t_last"]) / 1e6, rnd)
+                else:
+                    if "t_run" in res:
+                        raise BenchError(f"PostgreSQL {kind} trial reached user code")
+                    if kind == "fail" and not res["status"].startswith("STOPPED"):
+                        raise BenchError(f"PostgreSQL fork did not fail: {res['status']}")
+                    name = "fail_genuine" if kind == "fail" else "crash"
+                    self.add(f"postgresql.{name}", (res["t3"] - res["t0"]) / 1e6, rnd)
+            out.extend([("pg", {"op": "trial", "kind": kind}, record)] * reps)
 
         timed("lean", "base", "", p.base_reps, trials=self.trials["start"])
         timed("heavy", "base", ".heap200", p.base_reps)
@@ -321,6 +384,14 @@ class Bench:
         fail("lean", "base", "", p.fail_reps, trials=self.trials["fail"])
         fail("heavy", "base", ".heap200", p.fail_reps)
         fail("lean", "log_off", ".log_off", p.fail_reps)
+        crash("lean", "base", p.fail_reps)
+        if self.genuine:
+            fail("lean", "failcg", "", p.fail_reps, trials=self.trials["fail_genuine"], genuine=True)
+        if self.pg:
+            pg("timed", p.base_reps)
+            pg("crash", p.fail_reps)
+            if self.genuine:
+                pg("fail", p.fail_reps)
         for name in ("raw_fork", "mp_fork"):
             peer("peers", name, "", p.fast_peer_reps)
             peer("peers_heavy", name, ".heap200", p.fast_peer_reps)
@@ -454,6 +525,10 @@ class Bench:
         decomposition = (report.decompose(events, self.trials["start"], "start")
                          + report.decompose(events, self.trials["start"], "death")
                          + report.decompose(events, self.trials["fail"], "fail"))
+        if self.trials["fail_genuine"]:
+            decomposition += report.decompose(self.failcg_events, self.trials["fail_genuine"],
+                                              "fail_genuine")
+        self.meta["postgresql"]["kicked"] = self.pg_kicked
         return {"summary": summary, "targets": report.evaluate_targets(summary),
                 "decomposition": decomposition, "metadata": self.meta,
                 "samples": self.sample_rows}
@@ -464,6 +539,13 @@ def render(result: dict) -> str:
     m = result["metadata"]
     la = m["loadavg_1min_during"]
     busy = ", ".join(f"{p['name']} {p['cpu_pct']}%" for p in m.get("busy_processes_at_start", []))
+    pgm = m.get("postgresql", {})
+    pg = (f"{pgm.get('version')} (probe in the backend, same interleaved run; "
+          f"{pgm.get('kicked', 0)} lost wakeups kicked)" if pgm.get("available")
+          else f"skipped: {pgm.get('why_not', '?')}")
+    gm = m.get("genuine_fork_failure", {})
+    if not gm.get("available", False):
+        pg += f"; genuine fork failure skipped: {gm.get('why_not', '?')}"
     head = (f"bgwlab benchmark ({m['plan']['mode']}): {m['date_utc']}  {m['hostname']}  "
             f"{m['cpu_model']} x{m['cpu_count']}  Python {m['python']}  commit {m['commit'][:12]}"
             f"{' (dirty tree)' if m['worktree_dirty'] else ''}\n"
@@ -471,12 +553,19 @@ def render(result: dict) -> str:
             f"{la['min']:.2f}..{la['max']:.2f} (median {la['median']:.2f}), at end "
             f"{m['loadavg_end'][0]:.2f}; {m['duration_s']} s; busy at start: "
             f"{busy or 'nothing'}\n"
-            "start = request -> caller knows it started (bgwlab: pid known; peers: child said it runs); "
-            "running = request -> bgwlab registrant heard from its running worker; "
-            "death = child's last instruction -> caller knows it stopped; "
-            "x peer = median / peer's median of the same kind")
+            f"PostgreSQL: {pg}\n"
+            "Every row is a pair of instants, the same for every system: "
+            "start = request -> the caller knows the pid (bgwlab/PostgreSQL: wait for startup "
+            "returned STARTED + pid; os.fork / Process.start / Popen returned); "
+            "running = request -> the caller knows the worker's code ran (it heard from it); "
+            "death = worker's last instruction -> the caller knows it stopped; "
+            "fail_injected = request with Fault.fork_failure() (raised at the call site, fork() "
+            "is never called) -> STOPPED known; fail_genuine = request to a postmaster in a "
+            "pids cgroup at its limit (fork() fails with EAGAIN) -> STOPPED known; "
+            "crash = request of a worker whose entry function does not exist -> STOPPED known.  "
+            "x peer = median / that system's median of the same kind")
     return "\n\n".join([head, report.format_table(result["summary"]),
-                        "Targets (issue 6)\n" + report.format_targets(result["targets"]),
+                        "Targets (issue 6) and against PostgreSQL (issue 12)\n" + report.format_targets(result["targets"]),
                         "Where the time goes (base cluster's event log, lean registrant; "
                         f"{m.get('postmaster_minor_faults_per_cycle', math.nan):.0f} minor page "
                         "faults in the postmaster per start/exit cycle)\n"

@@ -13,7 +13,9 @@ Roles:
   start/stop trials, failed starts and start/exit cycles;
 * ``peers`` -- runs the peers of ``peers.py``.  A separate process, because the raw-fork
   peer needs SIGUSR1 and the signal wakeup fd, which bgwlab's dispatcher owns in a
-  registrant.
+  registrant;
+* ``pg``    -- PostgreSQL's side (``pg_bench.py``): starts the servers and the probe at
+  ``setup``, then one ``bench_trial()`` per command, timed inside the backend.
 
 Both accept ``heap`` (hold ~N MB of Python objects from now on) and ``quit``.  This file
 imports almost nothing at the top: ``multiprocessing`` spawn children re-import it.
@@ -91,6 +93,12 @@ class Registrant:
             return WorkerSpec(name="bench-fail", entry="bgwlab.examples:noop", main_arg=0,
                               extra=b"", restart=NEVER_RESTART, notify=True,
                               fault=Fault.fork_failure())
+        if kind == "genuine":  # on the cluster whose postmaster is in a pids cgroup at its limit
+            return WorkerSpec(name="bench-genuine-fail", entry="bgwlab.examples:noop",
+                              main_arg=0, extra=b"", restart=NEVER_RESTART, notify=True)
+        if kind == "crash":  # the entry point cannot be resolved: an early crash, not injected
+            return WorkerSpec(name="bench-crash", entry="bgwlab.examples:no_such_entry",
+                              main_arg=0, extra=b"", restart=NEVER_RESTART, notify=True)
         return WorkerSpec(name="bench-cycle", entry="bgwlab.examples:noop", main_arg=0,
                           extra=b"", restart=NEVER_RESTART, notify=True)
 
@@ -100,7 +108,7 @@ class Registrant:
 
         for name, (directory, log_events) in clusters.items():
             self.backends[name] = bgwlab.attach(directory, log_events=log_events)
-        self.specs = {k: self._spec(k) for k in ("timed", "fail", "cycle")}
+        self.specs = {k: self._spec(k) for k in ("timed", "fail", "genuine", "crash", "cycle")}
         return {"pid": os.getpid()}
 
     def timed(self, cluster: str) -> dict:
@@ -129,17 +137,34 @@ class Registrant:
         return {"slot": h.slot, "generation": h.generation, "pid": pid, "t0": t0, "t1": t1,
                 "t_main": t_main, "t_run": t_run, "t_last": t_last, "t3": t3}
 
-    def fail(self, cluster: str) -> dict:
-        """request (with an injected fork failure) -> registrant knows it failed."""
+    def fail(self, cluster: str, genuine: bool = False) -> dict:
+        """request -> registrant knows it failed: an injected fork failure (the fork path
+        raises without calling fork()), or with `genuine` a plain request on a cluster whose
+        postmaster's fork() fails for real (pids cgroup)."""
         from bgwlab import HandleStatus
 
         b = self.backends[cluster]
         t0 = _ns()
-        h = b.register_dynamic_worker(self.specs["fail"])
+        h = b.register_dynamic_worker(self.specs["genuine" if genuine else "fail"])
         status, _ = h.wait_for_startup()
         t1 = _ns()
         if status is not HandleStatus.STOPPED:
             raise RuntimeError(unexpected(h, f"failed start was reported as {status}"))
+        return {"slot": h.slot, "generation": h.generation, "t0": t0, "t1": t1}
+
+    def crash(self, cluster: str) -> dict:
+        """request of a worker whose entry point does not exist -> registrant knows STOPPED."""
+        from bgwlab import HandleStatus
+
+        b = self.backends[cluster]
+        t0 = _ns()
+        h = b.register_dynamic_worker(self.specs["crash"])
+        status, _ = h.wait_for_startup()
+        if status is HandleStatus.STARTED:
+            status = h.wait_for_shutdown()
+        t1 = _ns()
+        if status is not HandleStatus.STOPPED:
+            raise RuntimeError(unexpected(h, f"early crash was reported as {status}"))
         return {"slot": h.slot, "generation": h.generation, "t0": t0, "t1": t1}
 
     def cycles(self, cluster: str, t_begin: int, duration_s: float) -> dict:
@@ -194,6 +219,26 @@ class PeerRunner:
         return {"count": n, "t_done": _ns()}
 
 
+class PgRunner:
+    """Role ``pg``: PostgreSQL's side, one ``bench_trial()`` per command."""
+
+    def __init__(self):
+        self.pg = None
+
+    def setup(self, genuine_fail: bool) -> dict:
+        import pg_bench
+
+        self.pg = pg_bench.PgBench(genuine_fail)
+        return {"version": self.pg.version, "genuine_fail": self.pg.limit is not None}
+
+    def trial(self, kind: str) -> dict:
+        return self.pg.trial(kind)
+
+    def close(self) -> None:
+        if self.pg is not None:
+            self.pg.close()
+
+
 def main(argv) -> int:
     role = argv[1]
     proto_out = os.fdopen(os.dup(1), "w", buffering=1)
@@ -202,7 +247,7 @@ def main(argv) -> int:
     here = os.path.dirname(os.path.abspath(__file__))
     if here not in sys.path:
         sys.path.insert(0, here)
-    obj = Registrant() if role == "bgw" else PeerRunner()
+    obj = {"bgw": Registrant, "peers": PeerRunner, "pg": PgRunner}[role]()
     heap = None
     try:
         for line in sys.stdin:
