@@ -192,14 +192,18 @@ def is_progress_bar(output) -> bool:
 
 
 def count_outputs(nb) -> dict:
+    """Error outputs in any cell; figures and widgets in the cells the page shows."""
     figures = errors = widgets = 0
     for c in nb.cells:
-        if c.cell_type != "code" or set(c.metadata.get("tags", [])) & set(REMOVE_TAGS):
+        if c.cell_type != "code":
             continue
+        hidden = bool(set(c.metadata.get("tags", [])) & set(REMOVE_TAGS))
         for o in c.get("outputs", []):
             data = o.get("data", {})
             if o.output_type == "error":
                 errors += 1
+            elif hidden:
+                continue
             elif WIDGET in data and not is_progress_bar(o):
                 widgets += 1
             elif "image/png" in data or "image/jpeg" in data:
@@ -232,6 +236,7 @@ def exporter():
 def export_notebook(nb, name: str, nav_html: str, ex=None) -> str:
     """The page of an (executed) notebook: HTML with its outputs, check cells removed.
 
+    A check cell that failed stays in the page, with its error (the build fails anyway).
     A widget's output becomes a note (a widget needs a live kernel, and nbconvert would
     fall back to its text repr, e.g. ``VBox(...)``).  `nb` itself is not changed.
     """
@@ -239,6 +244,8 @@ def export_notebook(nb, name: str, nav_html: str, ex=None) -> str:
     for cell in nb.cells:
         if "outputs" not in cell:
             continue
+        if any(o.output_type == "error" for o in cell.outputs):  # a failed check is shown
+            cell.metadata["tags"] = [t for t in cell.metadata.get("tags", []) if t not in REMOVE_TAGS]
         cell.outputs = [o for o in cell.outputs if not is_progress_bar(o)]
         for o in cell.outputs:
             if WIDGET in o.get("data", {}):
@@ -298,10 +305,8 @@ def markdown_page(src: Path, title: str, nav_html: str, pages: dict[Path, str]) 
 
     md = mistune.create_markdown(renderer=Renderer(escape=False),
                                  plugins=["table", "strikethrough", "url"])
-    from pygments.formatters import HtmlFormatter as _F
-
     body = md(src.read_text())
-    return page(title, body, nav_html, extra_css=_F().get_style_defs(".highlight"))
+    return page(title, body, nav_html, extra_css=HtmlFormatter().get_style_defs(".highlight"))
 
 
 def page(title: str, body: str, nav_html: str = "", extra_css: str = "") -> str:

@@ -115,6 +115,12 @@ def test_check_cells_hidden_solutions_folded_widgets_noted():
     assert "EXERCISE" not in solution.group(0)
     assert "needs a live kernel" in out and 'href="next.html"' in out
     assert builder.count_outputs(nb) == {"figures": 0, "errors": 0, "widgets": 1}
+    # A check that failed is not hidden: its cell and error stay in the page.
+    nb.cells[3].outputs = [v4.new_output("error", ename="ClaimFailed", evalue="BROKEN-CLAIM",
+                                         traceback=["ClaimFailed: BROKEN-CLAIM"])]
+    out = builder.export_notebook(nb, "99_test", "")
+    assert "HIDDEN-CHECK" in out and "BROKEN-CLAIM" in out and 'class="book-error"' in out
+    assert nb.cells[3].metadata["tags"] == ["check"]  # the notebook itself is not changed
 
 
 # -- the whole book, quick mode ---------------------------------------------------------------
