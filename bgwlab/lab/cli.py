@@ -232,6 +232,10 @@ def cmd_demo(args) -> int:
 def cmd_experiment(args) -> int:
     from .experiments import EXPERIMENTS, SCENARIOS, run_experiment
 
+    if args.name == "parallel":  # issue 13: its own grid, table and figures
+        from .experiments.parallel import run_cli
+
+        return run_cli(args)
     if args.name not in EXPERIMENTS and args.name not in SCENARIOS:
         _say(f"bgwlab: unknown experiment {args.name!r}; choose one of "
              f"{', '.join([*EXPERIMENTS, *SCENARIOS])} (see `bgwlab list`)")

@@ -124,3 +124,223 @@ def mq_peer(main_arg: int) -> None:
         mq.close()
         seg.close()
         latch.close()
+
+
+# -- benchmark peers (benchmarks/bench_parallel.py) --------------------------------------------
+BLAST = struct.Struct("<QQQ")  # messages, size, flush
+STAMP = struct.Struct("<Q")
+
+
+def blast_plan(messages: int, size: int, flush: bool = True) -> bytes:
+    """Payload for ``blast``: `messages` messages of `size` bytes (size >= 8).  flush=False
+    sends as PostgreSQL's tuple queues do (``shm_mq_send(..., force_flush=false)``): bytes
+    are published, and the leader woken, once a quarter of the ring is pending."""
+    return BLAST.pack(messages, size, int(flush))
+
+
+def blast(worker) -> None:
+    """Send the same `size`-byte buffer `messages` times, as fast as the queue takes it.
+
+    The first message starts with this worker's ``time.monotonic_ns()`` taken just before
+    it is built and sent (CLOCK_MONOTONIC is one clock for every process), so the leader
+    can time "first send() called -> last byte received"."""
+    import time
+
+    n, size, flush = BLAST.unpack_from(worker.payload)
+    flush = bool(flush)
+    body = bytes(size)
+    t0 = time.monotonic_ns()
+    if n:
+        worker.send(STAMP.pack(t0) + body[STAMP.size:], flush=flush)
+    send = worker.send
+    for _ in range(n - 1):
+        send(body, flush=flush)
+    # returning flushes: the worker publishes the rest before it reports and detaches
+
+
+def first_message(worker) -> None:
+    """Send one 8-byte message (this worker's number) at once: for launch -> first message."""
+    worker.send(STAMP.pack(worker.number))
+
+
+# Segment for mq_echo (built by the leader): toc key 1 = leader -> worker queue, key 2 = back.
+ECHO_MAGIC = 0x42475745_00000001
+KEY_TO_WORKER, KEY_TO_LEADER = 1, 2
+
+
+def mq_echo(main_arg: int) -> None:
+    """Receive on queue 1, send the same bytes back on queue 2, until either is detached.
+    A plain bgwlab entry point; `extra` is the segment's name.  Worker only."""
+    from .. import worker as bgw
+    from . import dsm
+    from .latch import WorkerLatch
+    from .mq import SUCCESS, MessageQueue
+    from .toc import Toc
+
+    latch = WorkerLatch()
+    seg = dsm.Segment.attach(bgw.current().extra.decode())
+    queues = []
+    try:
+        toc = Toc.attach(seg.buf, ECHO_MAGIC)
+        rx = MessageQueue(seg.buf, toc.lookup(KEY_TO_WORKER), latch)
+        queues.append(rx)
+        tx = MessageQueue(seg.buf, toc.lookup(KEY_TO_LEADER), latch)
+        queues.append(tx)
+        rx.set_receiver()
+        tx.set_sender()
+        while True:
+            res, msg = rx.receive()
+            if res is not SUCCESS or tx.send(msg) is not SUCCESS:
+                break
+    finally:
+        for q in queues:
+            q.detach()
+            q.close()
+        seg.close()
+        latch.close()
+
+
+class MqEcho:
+    """Leader side of ``mq_echo``: a segment with two queues and one worker that echoes.
+
+    ``round_trip(msg)`` sends `msg` and returns what comes back.  Leader only; a context
+    manager that detaches, waits for the worker and frees the segment."""
+
+    def __init__(self, backend, ring: int = 65536):
+        from .. import NEVER_RESTART, WorkerSpec
+        from . import dsm
+        from .latch import LeaderLatch
+        from .mq import MessageQueue, mq_create, queue_size_for
+        from .toc import Toc, TocEstimator, align
+
+        est = TocEstimator()
+        est.key(2)
+        qsize = align(queue_size_for(ring))
+        est.chunk(qsize)
+        est.chunk(qsize)
+        self.segment = dsm.Segment.create(est.estimate())
+        self.latch = LeaderLatch(backend)
+        self.handle = None
+        self.queues = []
+        try:
+            toc = Toc.create(self.segment.buf, ECHO_MAGIC, 2)
+            offs = []
+            for key in (KEY_TO_WORKER, KEY_TO_LEADER):
+                off = toc.allocate(qsize)
+                mq_create(self.segment.buf, off, qsize)
+                toc.insert(key, off)
+                offs.append(off)
+            self.tx = MessageQueue(self.segment.buf, offs[0], self.latch)
+            self.queues.append(self.tx)
+            self.rx = MessageQueue(self.segment.buf, offs[1], self.latch)
+            self.queues.append(self.rx)
+            self.tx.set_sender()
+            self.rx.set_receiver()
+            self.handle = backend.register_dynamic_worker(WorkerSpec(
+                name="mq echo", entry="bgwlab.parallel.examples:mq_echo", restart=NEVER_RESTART,
+                extra=self.segment.name.encode()))
+            self.tx.set_handle(self.handle)
+            self.rx.set_handle(self.handle)
+        except BaseException:
+            self.close()
+            raise
+
+    def round_trip(self, msg: bytes) -> bytes:
+        from .mq import SUCCESS
+
+        if self.tx.send(msg) is not SUCCESS:
+            raise RuntimeError("the echo worker detached")
+        res, back = self.rx.receive()
+        if res is not SUCCESS:
+            raise RuntimeError("the echo worker detached")
+        return back
+
+    def close(self) -> None:
+        for q in self.queues:
+            q.detach()
+        if self.handle is not None:
+            self.handle.terminate()
+            self.handle.wait_for_shutdown()
+            self.handle = None
+        for q in self.queues:
+            q.close()
+        self.queues = []
+        if self.latch is not None:
+            self.latch.close()
+            self.latch = None
+        self.segment.destroy()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# -- a toy Gather (notebook 11, bgwlab experiment parallel) -------------------------------------
+# The "table" is generated: row i has the value (i * 7919) % 1009.  The query is
+# SELECT sum(v) FROM t WHERE v % 3 = 0, split into `shares` equal ranges of rows.  Worker k
+# scans share k and sends the qualifying values in batches (int64 "tuples", one message per
+# batch); the leader scans the shares of the workers it did not get (PostgreSQL's leader
+# participates too) and sums everything it gathers.
+GATHER = struct.Struct("<QQQqq")  # rows, shares, batch rows, fail_after batches (-1: never), who (-1: all)
+
+
+def gather_plan(rows: int, shares: int, batch: int = 1000, fail_after: int | None = None,
+                fail_worker: int | None = None) -> bytes:
+    """Payload for ``gather_worker``: worker `fail_worker` (every worker if None) raises
+    after sending `fail_after` batches (never if None)."""
+    return GATHER.pack(rows, max(shares, 1), batch, -1 if fail_after is None else fail_after,
+                       -1 if fail_worker is None else fail_worker)
+
+
+def share_range(rows: int, shares: int, k: int) -> range:
+    """The rows of share k (0 <= k < shares)."""
+    shares = max(shares, 1)
+    return range(rows * k // shares, rows * (k + 1) // shares)
+
+
+def scan(rows_range: range, batch: int):
+    """Yield the qualifying values of `rows_range`, one packed int64 batch (bytes) at a time."""
+    from array import array
+
+    out = array("q")
+    for n, i in enumerate(rows_range, 1):
+        v = (i * 7919) % 1009
+        if v % 3 == 0:
+            out.append(v)
+        if n % batch == 0:
+            yield out.tobytes()
+            out = array("q")
+    if out:
+        yield out.tobytes()
+
+
+def batch_sum(message: bytes) -> tuple[int, int]:
+    """(rows, sum) of one batch message."""
+    from array import array
+
+    a = array("q")
+    a.frombytes(message)
+    return len(a), sum(a)
+
+
+def expected_sum(rows: int) -> int:
+    """The query's answer, computed serially (to check a Gather)."""
+    return sum(v for v in ((i * 7919) % 1009 for i in range(rows)) if v % 3 == 0)
+
+
+def gather_worker(worker) -> None:
+    """Scan share ``worker.number`` and send its batches; raise after `fail_after` batches."""
+    rows, shares, batch, fail_after, who = GATHER.unpack_from(worker.payload)
+    if who >= 0 and who != worker.number:
+        fail_after = -1
+    sent = 0
+    for msg in scan(share_range(rows, shares, worker.number), batch):
+        if sent == fail_after:
+            raise RuntimeError(f"worker {worker.number} fails on purpose after {sent} batches "
+                               f"(think: a division by zero in a real query)")
+        worker.send(msg)
+        sent += 1
+    if 0 <= fail_after and fail_after >= sent:
+        raise RuntimeError(f"worker {worker.number} fails on purpose at the end of its share")

@@ -10,7 +10,9 @@ Layout of one queue, at a 64-byte aligned offset of a segment (native u64 words)
     word 5  receiver_start  written before receiver_pid
     word 6  detached        0 -> 1, by either side (or on behalf of a dead counterpart)
     word 7  ring_size       set by the creator; a multiple of 8; never changes
-    64 ...  the ring        ring_size bytes
+    word 8  receiver_waiting  1: the receiver found nothing to read and may sleep; only it writes
+    word 9  sender_waiting    1: the sender found the ring full and may sleep; only it writes
+    128 ... the ring        ring_size bytes
 
 The protocol (``shm_mq``'s invariants)
 --------------------------------------
@@ -37,7 +39,14 @@ The protocol (``shm_mq``'s invariants)
   message cut short by a detach is never delivered.
 * **Progress sets the counterpart's latch**: the sender's after a complete message (or
   when the ring is full, before it waits), the receiver's when it gives space back (at
-  least a quarter of the ring, or before it waits).  Nothing waits by polling.
+  least a quarter of the ring, or before it waits) -- *if the counterpart may be
+  sleeping* (its ``*_waiting`` word), as PostgreSQL's ``SetLatch`` skips the wakeup when
+  ``maybe_sleeping`` is false.  A side that finds nothing to do first stores its
+  ``*_waiting`` word, then *fences*, then looks at the counter once more, and only then
+  sleeps; the other side raises the counter, fences, then reads the word.  With a full
+  fence on both sides, at least one of them sees the other's store (Dekker): either the
+  sleeper sees the progress and does not sleep, or the progressing side sees the word and
+  signals.  A waiting side clears its word once it finds work.  Nothing waits by polling.
 * **A dead counterpart ends every wait.**  Before it attaches: through its worker handle
   (``shm_mq_set_handle``; the postmaster's notification sets our latch when it stops).
   After: through a pidfd of it, validated against its start time, in the same ``poll()``
@@ -59,23 +68,48 @@ whoever raises a counter then signals, and the signal goes through kernel locks 
 barriers) before the woken side re-reads.  For the same reason we signal *every* time
 rather than only "if the other side is sleeping": that shortcut (PostgreSQL's
 ``maybe_sleeping``) needs a store-load fence that Python cannot issue.
+
+The fence behind ``*_waiting``
+------------------------------
+
+The waiting words need a store-load fence on both sides, which plain loads and stores
+do not give (x86's store buffer lets a load pass an earlier store).  Python has no
+``pg_memory_barrier``, but any LOCK-prefixed read-modify-write is a full barrier on
+x86-64, whatever address it touches, and an uncontended ``threading.Lock`` acquire +
+release is two of them (CPython's lock is a POSIX semaphore: glibc's ``sem_trywait``
+is a ``lock cmpxchg``, ``sem_post`` a ``lock xadd``).  ``_fence()`` is that, about
+0.1 us.  On other CPUs (``FENCED`` false) the queue keeps the conservative rule: every
+publish signals the counterpart, whatever its word says.
 """
 
 from __future__ import annotations
 
 import enum
+import platform
 import struct
+import threading
 
 from ..procinfo import start_ticks
 from .latch import Peer
 
-HEADER_SIZE = 64
+HEADER_SIZE = 128  # 10 words used; the ring stays 64-byte aligned
 MAXALIGN = 8
 LENGTH_WORD = struct.Struct("=Q")
 MAX_MESSAGE = (1 << 30) - 1  # PostgreSQL's MaxAllocSize
 MIN_RING = 8
 
-W_WRITTEN, W_READ, W_SENDER, W_SENDER_START, W_RECEIVER, W_RECEIVER_START, W_DETACHED, W_RING = range(8)
+(W_WRITTEN, W_READ, W_SENDER, W_SENDER_START, W_RECEIVER, W_RECEIVER_START, W_DETACHED, W_RING,
+ W_RECEIVER_WAITING, W_SENDER_WAITING) = range(10)
+N_WORDS = HEADER_SIZE // 8
+
+# A full fence (see "The fence behind *_waiting"); only trusted on x86-64.
+FENCED = platform.machine().lower() in ("x86_64", "amd64")
+_fence_lock = threading.Lock()
+
+
+def _fence() -> None:
+    _fence_lock.acquire()
+    _fence_lock.release()
 
 
 def maxalign(n: int) -> int:
@@ -115,7 +149,7 @@ def mq_create(buf, offset: int, size: int) -> int:
         raise ValueError("queue does not fit in the segment")
     words = memoryview(buf)[offset:offset + HEADER_SIZE].cast("Q")
     try:
-        for i in range(8):
+        for i in range(N_WORDS):
             words[i] = 0
         words[W_RING] = ring
     finally:
@@ -156,7 +190,10 @@ class MessageQueue:
         self._read = 0
         self._consume_pending = 0
         self._expected = -1  # payload length, once the length word is read
-        self._partial = None
+        self._partial = None  # bytearray(payload length) being filled ...
+        self._got = 0  # ... this far
+        # our *_waiting word is set (we may sleep): cleared once we find work
+        self._rx_waiting = self._tx_waiting = False
         self._closed = False
 
     # -- observation (any process) -------------------------------------------------------
@@ -274,10 +311,32 @@ class MessageQueue:
 
     def sendv(self, parts, nowait: bool = False, flush: bool = True) -> MqResult:
         """shm_mq_sendv: one message made of several buffers.  Sender only."""
-        self._check_role("sender")
+        if self._closed or self.role != "sender":
+            self._check_role("sender")
         if self._pending_msg is None:
             msg = b"".join(parts) if len(parts) != 1 else parts[0]
-            msg = memoryview(msg).cast("B") if not isinstance(msg, bytes) else msg
+            if type(msg) is bytes or type(msg) is bytearray:
+                n = len(msg)
+                # Fast path: the whole message fits, unwrapped, in the free part of the ring.
+                words, ring = self._words, self.ring_size
+                total = 8 + ((n + 7) & ~7)
+                written = self._written
+                off = written % ring
+                if (off + total <= ring and total <= ring - (written - words[W_READ])
+                        and n <= MAX_MESSAGE and not words[W_DETACHED]):
+                    if self._tx_waiting:
+                        words[W_SENDER_WAITING] = 0
+                        self._tx_waiting = False
+                    buf = self._ring
+                    LENGTH_WORD.pack_into(buf, off, n)
+                    buf[off + 8:off + 8 + n] = msg
+                    self._written = written + total
+                    self._send_pending += total
+                    if flush or self._send_pending > ring >> 2:
+                        self._flush_written()
+                    return SUCCESS
+            else:
+                msg = memoryview(msg).cast("B")
             n = len(msg)
             if n > MAX_MESSAGE:
                 raise ValueError(f"cannot send a message of size {n} via shared memory queue "
@@ -305,7 +364,8 @@ class MessageQueue:
         return SUCCESS
 
     def flush(self) -> None:
-        """Publish every byte sent so far and set the receiver's latch.  Sender only."""
+        """Publish every byte sent so far (and set the receiver's latch if it may sleep).
+        Sender only."""
         self._check_role("sender")
         self._flush_written()
 
@@ -315,13 +375,18 @@ class MessageQueue:
         return res
 
     def _flush_written(self) -> None:
-        """shm_mq_inc_bytes_written + SetLatch(receiver)."""
+        """shm_mq_inc_bytes_written + SetLatch(receiver) if it may be sleeping."""
         if self._send_pending:
-            self._words[W_WRITTEN] = self._written
+            words = self._words
+            words[W_WRITTEN] = self._written
             self._send_pending = 0
-        peer = self._find_peer()
-        if peer is not None:
-            peer.set_latch()
+            if FENCED:
+                _fence()  # our store of bytes_written before our load of receiver_waiting
+                if not words[W_RECEIVER_WAITING]:
+                    return
+            peer = self._find_peer()
+            if peer is not None:
+                peer.set_latch()
 
     def _send_bytes(self, data: memoryview, nowait: bool) -> tuple[MqResult, int]:
         """shm_mq_send_bytes: write as much of `data` as fits, waiting for room unless nowait."""
@@ -336,10 +401,18 @@ class MessageQueue:
                 self._flush_written()  # let the receiver see everything before we wait
                 if self._counterparty_gone():
                     return DETACHED, sent
+                if not self._tx_waiting:  # say we may sleep, fence, then look once more
+                    words[W_SENDER_WAITING] = 1
+                    self._tx_waiting = True
+                    _fence()
+                    continue
                 if nowait:
                     return WOULD_BLOCK, sent
                 self._wait()
                 continue
+            if self._tx_waiting:
+                words[W_SENDER_WAITING] = 0
+                self._tx_waiting = False
             offset = self._written % size
             now = min(available, size - offset)
             self._ring[offset:offset + now] = data[sent:sent + now]
@@ -354,10 +427,28 @@ class MessageQueue:
     # -- receiving (receiver only) --------------------------------------------------------------
     def receive(self, nowait: bool = False) -> tuple[MqResult, bytes | None]:
         """shm_mq_receive: (SUCCESS, message) | (WOULD_BLOCK, None) | (DETACHED, None).  Receiver only."""
-        self._check_role("receiver")
-        if self._consume_pending > self.ring_size // 4:
+        if self._closed or self.role != "receiver":
+            self._check_role("receiver")
+        ring = self.ring_size
+        if self._consume_pending > ring >> 2:
             self._flush_read()
         if self._expected < 0:
+            # Fast path: a whole message, unwrapped, already published.
+            read = self._read
+            used = self._words[W_WRITTEN] - read
+            if used >= 8:
+                off = read % ring
+                buf = self._ring
+                (nbytes,) = LENGTH_WORD.unpack_from(buf, off)  # a length word is never split
+                total = 8 + ((nbytes + 7) & ~7)
+                if used >= total and off + total <= ring and nbytes <= MAX_MESSAGE:
+                    msg = buf[off + 8:off + 8 + nbytes].tobytes()
+                    self._read = read + total
+                    self._consume_pending += total
+                    if self._rx_waiting:
+                        self._words[W_RECEIVER_WAITING] = 0
+                        self._rx_waiting = False
+                    return SUCCESS, msg
             res, rb, off = self._receive_bytes(8, nowait)
             if res is not SUCCESS:
                 return res, None
@@ -367,15 +458,17 @@ class MessageQueue:
                 raise ValueError(f"invalid message size {nbytes} in shared memory queue")
             self._consume(8)
             self._expected = nbytes
-            self._partial = bytearray()
+            self._partial = bytearray(nbytes)
+            self._got = 0
         need = self._expected
-        while len(self._partial) < need:
-            still = need - len(self._partial)
+        while self._got < need:
+            still = need - self._got
             res, rb, off = self._receive_bytes(still, nowait)
             if res is not SUCCESS:
                 return res, None
             take = min(rb, still)
-            self._partial += self._ring[off:off + take]
+            self._partial[self._got:self._got + take] = self._ring[off:off + take]
+            self._got += take
             self._consume(maxalign(take))
         msg = bytes(self._partial)
         self._expected, self._partial = -1, None
@@ -386,10 +479,15 @@ class MessageQueue:
         self._consume_pending += n
 
     def _flush_read(self) -> None:
-        """shm_mq_inc_bytes_read + SetLatch(sender)."""
+        """shm_mq_inc_bytes_read + SetLatch(sender) if it may be sleeping."""
         if self._consume_pending:
-            self._words[W_READ] = self._read
+            words = self._words
+            words[W_READ] = self._read
             self._consume_pending = 0
+            if FENCED:
+                _fence()  # our store of bytes_read before our load of sender_waiting
+                if not words[W_SENDER_WAITING]:
+                    return
             peer = self._find_peer()
             if peer is not None:
                 peer.set_latch()
@@ -404,12 +502,20 @@ class MessageQueue:
             used = written - self._read
             offset = self._read % size
             if used >= needed or offset + used >= size:
+                if self._rx_waiting:
+                    words[W_RECEIVER_WAITING] = 0
+                    self._rx_waiting = False
                 return SUCCESS, min(used, size - offset), offset
             self._flush_read()  # give room back before waiting for more
             if words[W_DETACHED] or self._counterparty_gone():
                 if written != words[W_WRITTEN]:
                     continue  # the sender wrote its last bytes and then detached: read them
                 return DETACHED, 0, 0
+            if not self._rx_waiting:  # say we may sleep, fence, then look once more
+                words[W_RECEIVER_WAITING] = 1
+                self._rx_waiting = True
+                _fence()
+                continue
             if nowait:
                 return WOULD_BLOCK, 0, 0
             self._wait()

@@ -20,6 +20,7 @@ EXPERIMENTS = {
     "headline": "failed-start report time and spurious timeouts vs T (the headline figure)",
     "matrix": "every scenario x every strategy, idle (is any strategy ever wrong?)",
     "death": "learning that a running worker died: SIGUSR1 vs pidfd vs polling",
+    "parallel": "toy Gather: first message / result / error vs nworkers, idle and busy (issue 13)",
 }
 
 
@@ -72,6 +73,11 @@ def run_experiment(name: str, *, trials: int | None = None, timeouts=None, loads
     if name == "death":
         return death_experiment(trials=trials, loads=loads or ("idle",), quick=q, progress=progress,
                                 seed=seed, events=events)
+    if name == "parallel":
+        from .parallel import parallel_experiment
+
+        return parallel_experiment(quick=q, progress=progress, trials=trials, seed=seed, events=events,
+                                   **({"loads": tuple(loads)} if loads else {}))
     if name in ("headline", "matrix"):
         scenarios = ["fork_failure", "early_crash", "ok", "busy"] if name == "headline" else list(SCENARIOS)
     elif name in SCENARIOS:
