@@ -26,7 +26,6 @@ import subprocess
 import time
 from pathlib import Path
 
-from ..lab.load import cpu_info
 from .cgroup import cgroup_available
 from .scenarios import LOST_WAKEUP, ROW_KEYS, BgwlabSide, PgSide, bgwlab_worker_crash, pg_worker_crash
 from .server import PgUnavailable, find_bindir
@@ -64,6 +63,8 @@ def _metadata(pg: PgSide, bg: BgwlabSide, **settings) -> dict:
     import datetime
 
     import bgwlab
+
+    from ..lab.load import cpu_info  # here, not at import: `bgwlab --help` must not need psutil
 
     dirty = _git("status", "--porcelain", "--untracked-files=no")
     return {
