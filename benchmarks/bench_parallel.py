@@ -1,0 +1,526 @@
+"""bgwlab.parallel against the standard library's IPC: queue throughput, round trip, launch.
+
+    .venv/bin/python benchmarks/bench_parallel.py [--quick] [--rounds N] [--out DIR] [--no-save]
+
+Every peer runs in the same run, interleaved: each round runs every (peer, case) once in
+a shuffled order, so a disturbance of the machine hits all of them alike.  Every row
+names its two instants:
+
+* **throughput** (64 B, 8 KiB, 1 MiB messages, one sender, one receiver): from the
+  sender's first ``send()`` call (its ``time.monotonic_ns()``, carried in the first
+  message; CLOCK_MONOTONIC is one clock for all processes) to the receiver holding the
+  last message as a ``bytes`` object.  bgwlab: a ``ParallelContext`` worker sending on its
+  64 KiB data queue (PostgreSQL's tuple-queue size), the leader reading ``messages()``;
+  ``bgwlab`` publishes (and wakes the leader) after every message, ``bgwlab.batched``
+  once a quarter of the ring is pending, as PostgreSQL's tuple queues do
+  (``shm_mq_send(..., force_flush=false)``, PG 15+).
+  Peers, each in a ``multiprocessing`` fork child: ``Pipe(duplex=False)``
+  (``send_bytes``/``recv_bytes``; the kernel's pipe buffer is also 64 KiB), ``Queue``
+  (``put``/``get``), and a raw ``os.pipe`` with an 8-byte length prefix.
+* **round trip** (64 B): from the leader's call to send to its holding the echo.  bgwlab:
+  two shm_mq queues (64 KiB rings) and an echoing bgwlab worker (``examples.mq_echo``);
+  peers: a duplex ``Pipe``, two ``Queue``s, two ``os.pipe``s, each with a fork child.
+* **launch 4**: bgwlab, from before ``ParallelContext(...)`` (segment created) to
+  ``wait_for_attach()`` returning with 4 workers attached, and to the first message from a
+  worker; ``multiprocessing.Pool(4)`` and ``ProcessPoolExecutor(4)``, from before the
+  constructor to the first result of a task that returns at once.
+
+The table prints median and p99 per row, and bgwlab's ratio to each peer (throughput:
+bgwlab / peer, higher is better; times: bgwlab / peer, lower is better), then the targets
+of issue 13.  Under ``--out`` (default data/bench): ``parallel_<mode>.csv`` (summary),
+``parallel_<mode>_samples.csv``, ``parallel_<mode>.txt`` (the printed report) and
+``parallel_<mode>.meta.json`` (machine, CPUs, Python, commit, date, load, plan).
+
+Left out on purpose: a ``multiprocessing.shared_memory`` ring with a lock.  A fair one
+needs the same blocking and wakeup semantics (a Condition in shared memory, i.e. a
+semaphore per side) and would measure ``multiprocessing.synchronize`` more than a ring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import csv
+import datetime
+import json
+import multiprocessing as mp
+import os
+import platform
+import random
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+STAMP = struct.Struct("<Q")
+HDR = struct.Struct("<Q")
+SIZES = (64, 8192, 1 << 20)
+RING = 65536
+PEERS_TP = ("bgwlab", "bgwlab.batched", "mp_pipe", "mp_queue", "os_pipe")
+PEERS_LAUNCH = ("bgwlab.attach", "bgwlab.first_message", "mp_pool", "process_pool_executor")
+CTX = mp.get_context("fork")
+
+INSTANTS = {
+    "throughput": ("sender's first send() call", "receiver holds the last message"),
+    "round_trip": ("leader calls send", "leader holds the echo"),
+    "launch4": ("before the constructor", "4 workers attached / first result"),
+}
+LAUNCH_INSTANTS = {
+    "bgwlab.attach": ("before ParallelContext(...)", "wait_for_attach() returned, 4 attached"),
+    "bgwlab.first_message": ("before ParallelContext(...)", "first message from a worker received"),
+    "mp_pool": ("before multiprocessing.Pool(4)", "first result of apply_async().get()"),
+    "process_pool_executor": ("before ProcessPoolExecutor(4)", "first result of submit().result()"),
+}
+
+
+def _ns() -> int:
+    return time.monotonic_ns()
+
+
+# -- peers: throughput senders (run in fork children) ----------------------------------------------
+def _first(size: int, body: bytes) -> bytes:
+    return STAMP.pack(_ns()) + body[STAMP.size:]
+
+
+def _pipe_sender(conn, n, size):
+    body = bytes(size)
+    conn.send_bytes(_first(size, body))
+    for _ in range(n - 1):
+        conn.send_bytes(body)
+    conn.close()
+
+
+def _queue_sender(q, n, size):
+    body = bytes(size)
+    q.put(_first(size, body))
+    for _ in range(n - 1):
+        q.put(body)
+    q.close()
+    q.join_thread()
+
+
+def _write_all(fd, parts):
+    total = sum(len(p) for p in parts)
+    done = os.writev(fd, parts)
+    while done < total:  # a partial write: finish it part by part
+        flat = b"".join(bytes(p) for p in parts)
+        done += os.write(fd, flat[done:])
+
+
+def _os_pipe_sender(w, n, size):
+    body = bytes(size)
+    hdr = HDR.pack(size)
+    _write_all(w, [hdr, _first(size, body)])
+    for _ in range(n - 1):
+        _write_all(w, [hdr, body])
+    os.close(w)
+
+
+def _read_exact(fd, n) -> bytes:
+    buf = bytearray(n)
+    mv = memoryview(buf)
+    got = 0
+    while got < n:
+        k = os.readv(fd, [mv[got:]])
+        if k == 0:
+            raise EOFError("writer closed early")
+        got += k
+    mv.release()
+    return bytes(buf)
+
+
+def tp_peer(peer: str, n: int, size: int) -> tuple[int, int, int]:
+    """One throughput trial of a stdlib peer: (t_first_send, t_last_received, bytes)."""
+    total = 0
+    if peer == "mp_pipe":
+        r, w = CTX.Pipe(duplex=False)
+        p = CTX.Process(target=_pipe_sender, args=(w, n, size))
+        p.start()
+        w.close()
+        first = r.recv_bytes()
+        total += len(first)
+        for _ in range(n - 1):
+            total += len(r.recv_bytes())
+        t1 = _ns()
+        r.close()
+    elif peer == "mp_queue":
+        q = CTX.Queue()
+        p = CTX.Process(target=_queue_sender, args=(q, n, size))
+        p.start()
+        first = q.get()
+        total += len(first)
+        for _ in range(n - 1):
+            total += len(q.get())
+        t1 = _ns()
+        q.close()
+        q.join_thread()
+    elif peer == "os_pipe":
+        r, w = os.pipe()
+        p = CTX.Process(target=_os_pipe_sender, args=(w, n, size))
+        p.start()
+        os.close(w)
+        first = _read_exact(r, HDR.unpack(_read_exact(r, 8))[0])
+        total += len(first)
+        for _ in range(n - 1):
+            total += len(_read_exact(r, HDR.unpack(_read_exact(r, 8))[0]))
+        t1 = _ns()
+        os.close(r)
+    else:
+        raise ValueError(peer)
+    p.join()
+    return STAMP.unpack_from(first)[0], t1, total
+
+
+def tp_bgwlab(backend, n: int, size: int, flush: bool = True) -> tuple[int, int, int]:
+    from bgwlab.parallel import ParallelContext
+    from bgwlab.parallel import examples as ex
+
+    with ParallelContext(backend, "bgwlab.parallel.examples:blast", nworkers=1,
+                         payload=ex.blast_plan(n, size, flush), queue_size=RING) as pcxt:
+        if pcxt.launch() != 1:
+            raise RuntimeError("no worker slot for the benchmark")
+        total, first = 0, None
+        for _number, msg in pcxt.messages():
+            if first is None:
+                first = msg
+            total += len(msg)
+        t1 = _ns()
+        pcxt.wait_for_finish()
+    return STAMP.unpack_from(first)[0], t1, total
+
+
+# -- peers: round trip -----------------------------------------------------------------------------
+def _pipe_echo(conn, other):
+    other.close()  # the parent's end, inherited through fork: else EOF never comes
+    try:
+        while True:
+            conn.send_bytes(conn.recv_bytes())
+    except EOFError:
+        pass
+
+
+def _queue_echo(qin, qout):
+    while (m := qin.get()) is not None:
+        qout.put(m)
+    qout.close()
+    qout.join_thread()
+
+
+def _os_pipe_echo(r, w, others):
+    for fd in others:  # the parent's ends, inherited through fork: else EOF never comes
+        os.close(fd)
+    try:
+        while True:
+            m = _read_exact(r, HDR.unpack(_read_exact(r, 8))[0])
+            _write_all(w, [HDR.pack(len(m)), m])
+    except EOFError:
+        pass
+
+
+def rt_peer(peer: str, n: int, size: int = 64) -> list[int]:
+    msg = bytes(size)
+    out = []
+    if peer == "mp_pipe":
+        a, b = CTX.Pipe()
+        p = CTX.Process(target=_pipe_echo, args=(b, a))
+        p.start()
+        b.close()
+        for _ in range(n):
+            t0 = _ns()
+            a.send_bytes(msg)
+            a.recv_bytes()
+            out.append(_ns() - t0)
+        a.close()
+    elif peer == "mp_queue":
+        qi, qo = CTX.Queue(), CTX.Queue()
+        p = CTX.Process(target=_queue_echo, args=(qi, qo))
+        p.start()
+        for _ in range(n):
+            t0 = _ns()
+            qi.put(msg)
+            qo.get()
+            out.append(_ns() - t0)
+        qi.put(None)
+        for q in (qi, qo):
+            q.close()
+            q.join_thread()
+    elif peer == "os_pipe":
+        r1, w1 = os.pipe()
+        r2, w2 = os.pipe()
+        p = CTX.Process(target=_os_pipe_echo, args=(r1, w2, (w1, r2)))
+        p.start()
+        os.close(r1)
+        os.close(w2)
+        hdr = HDR.pack(size)
+        for _ in range(n):
+            t0 = _ns()
+            _write_all(w1, [hdr, msg])
+            _read_exact(r2, HDR.unpack(_read_exact(r2, 8))[0])
+            out.append(_ns() - t0)
+        os.close(w1)
+        os.close(r2)
+    else:
+        raise ValueError(peer)
+    p.join()
+    return out
+
+
+def rt_bgwlab(backend, n: int, size: int = 64) -> list[int]:
+    from bgwlab.parallel.examples import MqEcho
+
+    msg = bytes(size)
+    out = []
+    with MqEcho(backend, RING) as echo:
+        echo.round_trip(msg)  # the worker has attached: not part of a round trip
+        rt = echo.round_trip
+        for _ in range(n):
+            t0 = _ns()
+            rt(msg)
+            out.append(_ns() - t0)
+    return out
+
+
+# -- launch 4 -------------------------------------------------------------------------------------
+def _task():
+    return 1
+
+
+def launch_trial(peer: str, backend=None) -> int:
+    if peer.startswith("bgwlab"):
+        from bgwlab.parallel import ParallelContext
+
+        entry = "bgwlab.parallel.examples:" + ("do_nothing" if peer == "bgwlab.attach" else "first_message")
+        t0 = _ns()
+        with ParallelContext(backend, entry, nworkers=4) as pcxt:
+            if pcxt.launch() != 4:
+                raise RuntimeError("fewer than 4 worker slots for the benchmark")
+            if peer == "bgwlab.attach":
+                pcxt.wait_for_attach()
+            else:
+                next(iter(pcxt.messages()))
+            t1 = _ns()
+            if peer == "bgwlab.attach":
+                pcxt.wait_for_finish()
+        return t1 - t0
+    if peer == "mp_pool":
+        t0 = _ns()
+        pool = CTX.Pool(4)
+        pool.apply_async(_task).get()
+        t1 = _ns()
+        pool.terminate()
+        pool.join()
+        return t1 - t0
+    if peer == "process_pool_executor":
+        t0 = _ns()
+        ex = concurrent.futures.ProcessPoolExecutor(4, mp_context=CTX)
+        ex.submit(_task).result()
+        t1 = _ns()
+        ex.shutdown(wait=True)
+        return t1 - t0
+    raise ValueError(peer)
+
+
+# -- the run --------------------------------------------------------------------------------------
+def plan(quick: bool, rounds: int | None) -> dict:
+    """Messages per throughput trial (about 32 MiB for 8 KiB / 1 MiB; quick: a tenth)."""
+    if quick:
+        return {"rounds": rounds or 2, "messages": {64: 2000, 8192: 400, 1 << 20: 4},
+                "round_trips": 200, "launch_trials": 2}
+    return {"rounds": rounds or 5, "messages": {64: 20000, 8192: 4096, 1 << 20: 32},
+            "round_trips": 2000, "launch_trials": 4}
+
+
+def _pct(xs, q) -> float:
+    import numpy as np
+
+    return float(np.percentile(np.asarray(xs, dtype=float), q)) if len(xs) else float("nan")
+
+
+def run(quick: bool = False, rounds: int | None = None, progress: bool = True, seed: int = 0):
+    from tqdm.auto import tqdm
+
+    from bgwlab import Cluster
+
+    p = plan(quick, rounds)
+    rng = random.Random(seed)
+    samples = []  # dicts: metric, peer, size, value, unit
+    cases = ([("throughput", peer, size) for size in SIZES for peer in PEERS_TP]
+             + [("round_trip", peer, 64) for peer in PEERS_TP if peer != "bgwlab.batched"]
+             + [("launch4", peer, 0) for peer in PEERS_LAUNCH] * p["launch_trials"])
+    c = Cluster.start(max_workers=8, preload=("bgwlab.parallel.examples", "bgwlab.parallel.worker"))
+    b = c.connect()
+    bar = tqdm(total=p["rounds"] * len(cases), desc="bench_parallel", disable=not progress)
+    try:
+        for k in range(p["rounds"]):
+            order = list(cases)
+            rng.shuffle(order)
+            for metric, peer, size in order:
+                if metric == "throughput":
+                    n = p["messages"][size]
+                    t0, t1, total = (tp_bgwlab(b, n, size, peer == "bgwlab") if peer.startswith("bgwlab")
+                                      else tp_peer(peer, n, size))
+                    if total != n * size:
+                        raise RuntimeError(f"{peer} delivered {total} bytes, not {n * size}")
+                    samples.append(dict(metric=metric, peer=peer, size=size, round=k,
+                                        value=total / ((t1 - t0) / 1e9) / 1e6, unit="MB/s",
+                                        elapsed_ns=t1 - t0))
+                elif metric == "round_trip":
+                    n = p["round_trips"]
+                    xs = rt_bgwlab(b, n, size) if peer == "bgwlab" else rt_peer(peer, n, size)
+                    samples.extend(dict(metric=metric, peer=peer, size=size, round=k, value=x / 1e3,
+                                        unit="us", elapsed_ns=x) for x in xs)
+                else:
+                    x = launch_trial(peer, b)
+                    samples.append(dict(metric=metric, peer=peer, size=0, round=k, value=x / 1e6,
+                                        unit="ms", elapsed_ns=x))
+                bar.update(1)
+    finally:
+        bar.close()
+        b.detach()
+        c.stop()
+    return samples, p
+
+
+def summarize(samples) -> list[dict]:
+    rows = []
+    keys = dict.fromkeys((s["metric"], s["peer"], s["size"]) for s in samples)
+    for metric, peer, size in keys:
+        xs = [s["value"] for s in samples if (s["metric"], s["peer"], s["size"]) == (metric, peer, size)]
+        unit = next(s["unit"] for s in samples if s["metric"] == metric)
+        # For a throughput the slow end is the low percentile: "p99" is the rate of the
+        # trial at the 99th percentile of time, i.e. the 1st percentile of MB/s.
+        p99 = _pct(xs, 1) if metric == "throughput" else _pct(xs, 99)
+        frm, to = LAUNCH_INSTANTS[peer] if metric == "launch4" else INSTANTS[metric]
+        rows.append(dict(metric=metric, peer=peer, size=size, unit=unit, n=len(xs),
+                         median=_pct(xs, 50), p99=p99, from_instant=frm, to_instant=to))
+    return rows
+
+
+def _size(size: int) -> str:
+    return {64: "64 B", 8192: "8 KiB", 1 << 20: "1 MiB", 0: ""}.get(size, f"{size} B")
+
+
+def report(rows) -> tuple[str, list[dict]]:
+    """The printed table (ratios to every peer) and the targets."""
+    lines = []
+    by = {(r["metric"], r["peer"], r["size"]): r for r in rows}
+    head = f"{'metric':<11} {'size':>6} {'peer':<22} {'n':>6} {'median':>11} {'p99':>11}  bgwlab/peer (median; p99)  |  bgwlab.batched/peer"
+    lines.append(head)
+    lines.append("-" * len(head))
+    order = {"throughput": 0, "round_trip": 1, "launch4": 2}
+    rows = sorted(rows, key=lambda r: (order[r["metric"]], r["size"], not r["peer"].startswith("bgwlab"), r["peer"]))
+    for r in rows:
+        mines = ["bgwlab.attach"] if r["metric"] == "launch4" else ["bgwlab", "bgwlab.batched"]
+        ratios = []
+        for mine in mines:
+            b = by.get((r["metric"], mine, r["size"]))
+            if b is not None and not r["peer"].startswith("bgwlab"):
+                ratios.append(f"{b['median'] / r['median']:.2f}x; {b['p99'] / r['p99']:.2f}x")
+        ratio = "  |  ".join(ratios)
+        lines.append(f"{r['metric']:<11} {_size(r['size']):>6} {r['peer']:<22} {r['n']:>6} "
+                     f"{r['median']:>8.1f} {r['unit']:<2} {r['p99']:>8.1f} {r['unit']:<2}  {ratio}")
+    lines.append("")
+    lines.append("instants:")
+    seen = set()
+    for r in rows:
+        key = (r["metric"], r["peer"] if r["metric"] == "launch4" else "")
+        if key not in seen:
+            seen.add(key)
+            label = r["metric"] + (f" {r['peer']}" if r["metric"] == "launch4" else "")
+            lines.append(f"  {label:<34} {r['from_instant']} -> {r['to_instant']}")
+
+    def med(m, p, s):
+        return by[(m, p, s)]["median"] if (m, p, s) in by else float("nan")
+
+    targets = []
+    for mine, how in (("bgwlab", "flush per message"), ("bgwlab.batched", "PG tuple-queue flush")):
+        targets.append(dict(target=f"throughput 8 KiB >= 1.5x mp.Pipe ({how})",
+                            value=med("throughput", mine, 8192) / med("throughput", "mp_pipe", 8192),
+                            goal=1.5, unit="x", higher_is_better=True))
+        targets.append(dict(target=f"throughput 1 MiB >= 1 GB/s ({how})",
+                            value=med("throughput", mine, 1 << 20) / 1000, goal=1.0, unit="GB/s",
+                            higher_is_better=True))
+    targets += [
+        dict(target="round trip <= mp.Pipe's", value=med("round_trip", "bgwlab", 64)
+             / med("round_trip", "mp_pipe", 64), goal=1.0, unit="x", higher_is_better=False),
+        dict(target="launch+attach 4 <= 0.5x Pool(4)", value=med("launch4", "bgwlab.attach", 0)
+             / med("launch4", "mp_pool", 0), goal=0.5, unit="x", higher_is_better=False),
+    ]
+    lines.append("")
+    lines.append("targets (issue 13, medians):")
+    for t in targets:
+        ok = t["value"] >= t["goal"] if t["higher_is_better"] else t["value"] <= t["goal"]
+        t["met"] = bool(ok)
+        lines.append(f"  {t['target']:<58} {t['value']:.2f} {t['unit']:<5} {'met' if ok else 'MISSED'}")
+    return "\n".join(lines), targets
+
+
+def _git(*args) -> str:
+    try:
+        r = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=10)
+        return r.stdout.strip() if r.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def metadata(p: dict, quick: bool, t_start: float, load_start) -> dict:
+    from bgwlab.lab.experiments.results import run_metadata
+
+    meta = run_metadata()
+    meta.update({"benchmark": "bench_parallel", "mode": "quick" if quick else "full", "plan": {
+        "rounds": p["rounds"], "messages": {str(k): v for k, v in p["messages"].items()},
+        "round_trips_per_trial": p["round_trips"], "launch_trials_per_round": p["launch_trials"],
+        "ring_bytes": RING, "peer_start_method": "fork"},
+        "duration_s": round(time.monotonic() - t_start, 2), "loadavg_start": list(load_start),
+        "loadavg_end": list(os.getloadavg())})
+    meta.setdefault("commit", _git("rev-parse", "HEAD"))
+    meta["date"] = meta.get("date") or datetime.datetime.now(datetime.timezone.utc).isoformat()
+    meta["python"] = meta.get("python") or platform.python_version()
+    return meta
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a few seconds (also BGWLAB_QUICK=1)")
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=ROOT / "data" / "bench")
+    ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    quick = args.quick or os.environ.get("BGWLAB_QUICK") == "1"
+    t_start, load_start = time.monotonic(), os.getloadavg()
+    samples, p = run(quick, args.rounds, progress=not args.no_progress, seed=args.seed)
+    rows = summarize(samples)
+    text, targets = report(rows)
+    print(text, flush=True)
+    if args.no_save:
+        return 0
+    mode = "quick" if quick else "full"
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"parallel_{mode}"
+    with open(f"{stem}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with open(f"{stem}_samples.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(samples[0]))
+        w.writeheader()
+        w.writerows(samples)
+    Path(f"{stem}.txt").write_text(text + "\n")
+    meta = metadata(p, quick, t_start, load_start)
+    meta["targets"] = targets
+    Path(f"{stem}.meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    for suffix in (".csv", "_samples.csv", ".txt", ".meta.json"):
+        print(f"wrote {stem}{suffix}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
