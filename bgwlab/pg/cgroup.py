@@ -50,7 +50,33 @@ def cgroup_available() -> tuple[bool, str]:
         return False, "making a pids cgroup needs root"
     if not os.access(mode[1], os.W_OK):
         return False, f"{mode[1]} is not writable (a read-only cgroup mount?)"
-    return True, ""
+    return _probe(*mode)
+
+
+_probed: dict = {}
+
+
+def _probe(mode: str, root: Path) -> tuple[bool, str]:
+    """Make and remove an empty child cgroup: does it get a ``pids.max``?  (In a cgroup v2
+    namespace whose root holds processes, the pids controller cannot be delegated.)"""
+    if mode in _probed:
+        return _probed[mode]
+    child = root / f"{PREFIX}{os.getpid()}-probe"
+    try:
+        if mode == "v2":
+            with contextlib.suppress(OSError):
+                (root / "cgroup.subtree_control").write_text("+pids")
+        child.mkdir()
+        ok = (child / "pids.max").exists()
+        result = (True, "") if ok else (False, f"a child of {root} gets no pids.max (the pids "
+                                               "controller is not delegated here)")
+    except OSError as e:
+        result = (False, f"cannot make a cgroup under {root}: {e}")
+    finally:
+        with contextlib.suppress(OSError):
+            child.rmdir()
+    _probed[mode] = result
+    return result
 
 
 def _current_cgroup(pid: int, mode: str) -> str:
