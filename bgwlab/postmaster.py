@@ -19,6 +19,8 @@ import signal
 import sys
 import time
 
+import _signal  # signal's C module: see start_worker
+
 from . import shmem
 from .eventlog import EventWriter
 from .procinfo import open_pidfd, preload_libc, process_uid, start_ticks
@@ -26,8 +28,9 @@ from .procinfo import open_pidfd, preload_libc, process_uid, start_ticks
 MAX_STARTS_PER_PASS = 100  # as PostgreSQL's MAX_BGWORKERS_TO_LAUNCH
 KILL_GRACE_NS = 5_000_000_000  # SIGKILL children still alive this long after SIGQUIT/SIGTERM
 NEVER = -1
-FORK_BLOCKED_SIGNALS = (signal.SIGUSR1, signal.SIGCHLD, signal.SIGTERM, signal.SIGINT,
-                        signal.SIGHUP, signal.SIGQUIT)
+FORK_BLOCKED_SIGNALS = tuple(int(s) for s in (signal.SIGUSR1, signal.SIGCHLD, signal.SIGTERM,
+                                               signal.SIGINT, signal.SIGHUP, signal.SIGQUIT))
+SIGUSR1 = int(signal.SIGUSR1)
 
 
 class RegisteredWorker:
@@ -107,7 +110,9 @@ class Postmaster:
                                   enabled=self.log_events)
         from . import worker  # noqa: F401  (loaded before fork, so children need not)
 
-        preload_libc()
+        if self.pdeathsig:  # only its workers call prctl (through ctypes): load it once here.
+            preload_libc()  # Otherwise not at all: _ctypes and libffi are ~10 more mappings
+            #                 that every fork() copies (A/B in benchmarks/README.md)
         for mod in self.preload:
             try:
                 __import__(mod)
@@ -503,12 +508,15 @@ class Postmaster:
             # wakeup fd (worker.child_main unblocks them), a signal to it would be swallowed
             # by our no-op handler and its byte written into *our* self-pipe (a SIGTERM to
             # a newborn worker would shut the cluster down).
-            signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED_SIGNALS)
+            # (_signal.pthread_sigmask: signal's wrapper would turn the old mask into enum
+            # members -- after fork(), pages of enum machinery copied on write before the
+            # registrant hears of its pid.)
+            _signal.pthread_sigmask(_signal.SIG_BLOCK, FORK_BLOCKED_SIGNALS)
             try:
                 pid = os.fork()
             finally:
                 if os.getpid() == self.pid:  # the parent, or fork() failed
-                    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORK_BLOCKED_SIGNALS)
+                    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, FORK_BLOCKED_SIGNALS)
         except OSError as e:
             t_fail = time.monotonic_ns()
             injected = isinstance(e, InjectedOSError)
@@ -557,7 +565,7 @@ class Postmaster:
             return 0
         t = time.monotonic_ns()
         try:
-            signal.pidfd_send_signal(fd, signal.SIGUSR1)
+            signal.pidfd_send_signal(fd, SIGUSR1)
         except OSError:
             target, rw.notify = rw.notify, None  # forget_backend() may clear rw.notify too
             self.forget_backend(target[0])

@@ -13,6 +13,8 @@ import os
 import signal
 import sys
 
+import _signal  # signal's C module; see child_main, step 1
+
 _current = None
 _alive_fd = -1
 _wake_fd = -1  # read end of this worker's signal self-pipe (see sleep())
@@ -156,14 +158,18 @@ def child_main(pm, rw) -> None:
         #    SIGTERM ends it with exit 1; SIGQUIT is the crash-restart's immediate exit.
         #    The postmaster's handlers and wakeup fd are not ours: ours is a fresh
         #    self-pipe, so that sleep() cannot miss a SIGTERM (see sleep()).
+        #    Through _signal, not signal: signal's wrappers turn every old handler and
+        #    mask they return into enum members, and that enum machinery touched ~80
+        #    pages the postmaster shares with us, each a copy-on-write fault (a third of
+        #    a new worker's start-up CPU; A/B in benchmarks/README.md).  Same calls.
         _wake_fd, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        for s in (signal.SIGUSR1, signal.SIGINT, signal.SIGHUP):
-            signal.signal(s, signal.SIG_IGN)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, _on_sigterm)
-        signal.signal(signal.SIGQUIT, _on_sigquit)
-        signal.pthread_sigmask(signal.SIG_SETMASK, ())  # the postmaster blocked them across fork()
+        _signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        for s in (_signal.SIGUSR1, _signal.SIGINT, _signal.SIGHUP):
+            _signal.signal(s, _signal.SIG_IGN)
+        _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+        _signal.signal(_signal.SIGTERM, _on_sigterm)
+        _signal.signal(_signal.SIGQUIT, _on_sigquit)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, ())  # the postmaster blocked them across fork()
         # 2. Postmaster death: as in PostgreSQL, a worker learns of it through the alive
         #    pipe at its next wait (sleep()), and one that never waits lives on.
         #    PR_SET_PDEATHSIG is bgwlab's opt-in safety net (Cluster.start(pdeathsig=True));
@@ -234,7 +240,7 @@ def child_main(pm, rw) -> None:
         try:
             # On the way out: a late SIGTERM must not raise Terminated here, past every
             # handler above (it would unwind the child into the postmaster's own code).
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)
             sys.stdout.flush()
             sys.stderr.flush()
         except BaseException:
