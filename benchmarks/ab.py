@@ -8,7 +8,10 @@ Cluster A's postmaster preloads the patch module (``ab_patches/NAME.py``), which
 code as it is.  One registrant (this process, ``runner.Registrant``) runs every trial
 kind on both clusters in a shuffled order, ``--n`` times each, so that the machine's
 drift hits both alike.  Kinds are those of the benchmark (``run.py``): ``start``,
-``running`` and ``death`` from one timed trial, ``crash`` (missing entry -> STOPPED),
+``running`` and ``death`` from one timed trial (with two CPU times, robust to a loaded
+machine: ``pm_cpu_ms``, the postmaster's CPU time over the whole start/exit cycle from
+``/proc/PID/schedstat``, and ``worker_cpu_ms``, the worker's CPU time from fork to its
+entry function), ``crash`` (missing entry -> STOPPED),
 ``fail_genuine`` (two more clusters in pids cgroups at their limit; root only) and
 ``fail_injected``.  Prints median, p99 and B / A for each.
 """
@@ -34,7 +37,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--patch", required=True, help="ab_patches/NAME.py: the old code, for A")
     ap.add_argument("--n", type=int, default=300)
-    ap.add_argument("--kinds", default="start,running,death,crash")
+    ap.add_argument("--kinds", default="start,running,death,crash,pm_cpu_ms,worker_cpu_ms")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
     from bgwlab import Cluster
@@ -62,7 +65,7 @@ def main(argv=None) -> int:
         samples: dict[str, list[float]] = {}
         tasks = []
         for v in ("A", "B"):
-            if {"start", "running", "death"} & set(kinds):
+            if {"start", "running", "death", "pm_cpu_ms", "worker_cpu_ms"} & set(kinds):
                 tasks.append((v, "timed"))
             for k in ("crash", "fail_genuine", "fail_injected"):
                 if k in kinds:
@@ -88,11 +91,20 @@ def main(argv=None) -> int:
     return 0
 
 
+def _cpu_ns(pid: int) -> int:
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0])
+
+
 def _run(reg, v: str, k: str) -> dict:
     if k == "timed":
+        pm = reg.backends[v].postmaster_pid
+        c0 = _cpu_ns(pm)
         r = reg.timed(v)
+        c1 = _cpu_ns(pm)
         return {"start": (r["t1"] - r["t0"]) / 1e6, "running": (r["t_run"] - r["t0"]) / 1e6,
-                "death": (r["t3"] - r["t_last"]) / 1e6}
+                "death": (r["t3"] - r["t_last"]) / 1e6,
+                "pm_cpu_ms": (c1 - c0) / 1e6, "worker_cpu_ms": r["cpu_main"] / 1e6}
     if k == "crash":
         r = reg.crash(v)
         return {"crash": (r["t1"] - r["t0"]) / 1e6}

@@ -5,8 +5,10 @@ forked worker pays no import for it.  ``WorkerSpec.extra`` carries the path of a
 directory with two FIFOs that the registrant holds open read-write (so that no
 ``open()`` here can block):
 
-* ``stamp`` -- the worker writes two 8-byte ``time.monotonic_ns()`` stamps into it: when
-  it reached its entry function, and its *last instruction* before returning;
+* ``stamp`` -- the worker writes 8-byte stamps into it: when it reached its entry function
+  (``time.monotonic_ns()``, then the CPU time it had used so far, ``time.process_time_ns()``:
+  its start-up work since fork, whatever the machine's load), and its *last instruction*
+  before returning;
 * ``go``    -- the worker blocks on one byte from the registrant before finishing, so
   that the registrant's "worker started" and "worker stopped" measurements stay apart.
 """
@@ -20,9 +22,10 @@ from bgwlab import worker
 def timed(arg: int = 0) -> None:
     """Stamp 'running', wait for 'go', stamp the last instruction, return (exit 0)."""
     t_main = time.monotonic_ns()
+    cpu = time.process_time_ns()
     d = worker.current().extra.decode()
     out = os.open(d + "/stamp", os.O_WRONLY | os.O_CLOEXEC)
-    os.write(out, t_main.to_bytes(8, "little"))
+    os.write(out, t_main.to_bytes(8, "little") + cpu.to_bytes(8, "little"))
     go = os.open(d + "/go", os.O_RDONLY | os.O_CLOEXEC)
     os.read(go, 1)
     t_last = time.monotonic_ns()

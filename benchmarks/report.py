@@ -246,7 +246,7 @@ def format_table(rows: list[dict]) -> str:
     lines = [head, "-" * len(head)]
     order = {"start": 0, "running": 1, "death": 2, "fail_genuine": 3, "fail_injected": 4,
              "crash": 5, "rate": 6, "event": 7}
-    sysorder = {"bgwlab": 0, REFERENCE: 1}
+    sysorder = {"bgwlab": 0, "bgwlab_before": 1, REFERENCE: 2}
     for r in sorted(rows, key=lambda r: (order.get(r["kind"], 9), sysorder.get(r["system"], 2),
                                          r["metric"])):
         u = r["unit"]

@@ -203,8 +203,10 @@ def busy_processes(window_s: float = 0.5, threshold_pct: float = 1.0) -> list[di
 
 # -- the run ----------------------------------------------------------------------------------------
 class Bench:
-    def __init__(self, plan: Plan, *, seed: int = 0, progress: bool = True, log=print):
+    def __init__(self, plan: Plan, *, seed: int = 0, progress: bool = True, log=print,
+                 before: str | None = None):
         self.plan = plan
+        self.before = before  # an ab_patches module: the engine before, as "bgwlab_before"
         self.rng = random.Random(seed)
         self.seed = seed
         self.progress = progress
@@ -217,7 +219,7 @@ class Bench:
         self.runners: dict[str, Runner] = {}
         self.loads: list[float] = []
         self.meta: dict = {}
-        self.limit = None
+        self.limit = self.before_limit = None
         self.genuine = self.pg = False
         self.failcg_events: list = []
 
@@ -238,17 +240,28 @@ class Bench:
                      file=sys.stderr)
         else:
             specs["failcg"] = (8, True)
+        if self.before:
+            specs["before"] = (8, True)
+            if self.genuine:
+                specs["before_failcg"] = (8, True)
+            self.meta["before"] = {"patch": self.before,
+                                   "what": "clusters whose postmaster preloads this "
+                                           "benchmarks/ab_patches module: the old engine code"}
         self.pg, why = pg_bench.available()
         self.meta["postgresql"] = {"available": self.pg, "why_not": why}
         if not self.pg:
             self.log(f"bench: no PostgreSQL server here, skipping its rows: {why}", file=sys.stderr)
         for name, (mw, log) in specs.items():
-            self.clusters[name] = Cluster.start(max_workers=mw, log_events=log, preload=PRELOAD)
+            pre = PRELOAD + ((self.before,) if name.startswith("before") else ())
+            self.clusters[name] = Cluster.start(max_workers=mw, log_events=log, preload=pre)
         if self.genuine:
             from bgwlab.pg.cgroup import pids_limit
 
             self.limit = pids_limit(self.clusters["failcg"].postmaster_pid)
             self.limit.__enter__()
+            if self.before:
+                self.before_limit = pids_limit(self.clusters["before_failcg"].postmaster_pid)
+                self.before_limit.__enter__()
         roles = [("lean", "bgw"), ("heavy", "bgw"), ("c1", "bgw"), ("c2", "bgw"),
                  ("c3", "bgw"), ("peers", "peers"), ("peers_heavy", "peers")]
         if self.pg:
@@ -296,6 +309,9 @@ class Bench:
             self.limit.close()
             self.meta["genuine_fork_failure"]["pids_events"] = self.limit.events
             self.limit = None
+        if self.before_limit is not None:
+            self.before_limit.close()
+            self.before_limit = None
         base_events = []
         for name, c in self.clusters.items():
             if keep:
@@ -314,7 +330,7 @@ class Bench:
 
     # -- tasks ------------------------------------------------------------------------------------
     def timed_tasks(self, runner, cluster, suffix, reps, keep=("start", "running", "death"),
-                    trials: list | None = None) -> list:
+                    trials: list | None = None, system: str = "bgwlab") -> list:
         """`reps` timed start/stop trials of `runner` on `cluster`; each response is also
         appended to `trials` if given (for the decomposition and tail_trace.py)."""
         def record(res, rnd):
@@ -322,7 +338,7 @@ class Bench:
                   "running": (res["t_run"] - res["t0"]) / 1e6,
                   "death": (res["t3"] - res["t_last"]) / 1e6}
             for k in keep:
-                self.add(f"bgwlab.{k}{suffix}", ms[k], rnd)
+                self.add(f"{system}.{k}{suffix}", ms[k], rnd)
             if trials is not None:
                 trials.append(res)
         return [(runner, {"op": "timed", "cluster": cluster}, record)] * reps
@@ -335,19 +351,19 @@ class Bench:
         def timed(*args, **kw):
             out.extend(self.timed_tasks(*args, **kw))
 
-        def fail(runner, cluster, suffix, reps, trials=None, genuine=False):
+        def fail(runner, cluster, suffix, reps, trials=None, genuine=False, system="bgwlab"):
             kind = "fail_genuine" if genuine else "fail_injected"
 
             def record(res, rnd):
-                self.add(f"bgwlab.{kind}{suffix}", (res["t1"] - res["t0"]) / 1e6, rnd)
+                self.add(f"{system}.{kind}{suffix}", (res["t1"] - res["t0"]) / 1e6, rnd)
                 if trials is not None:
                     trials.append(res)
             out.extend([(runner, {"op": "fail", "cluster": cluster, "genuine": genuine},
                          record)] * reps)
 
-        def crash(runner, cluster, reps):
+        def crash(runner, cluster, reps, system="bgwlab"):
             def record(res, rnd):
-                self.add("bgwlab.crash", (res["t1"] - res["t0"]) / 1e6, rnd)
+                self.add(f"{system}.crash", (res["t1"] - res["t0"]) / 1e6, rnd)
             out.extend([(runner, {"op": "crash", "cluster": cluster}, record)] * reps)
 
         def peer(runner, name, suffix, reps):
@@ -387,6 +403,11 @@ class Bench:
         crash("lean", "base", p.fail_reps)
         if self.genuine:
             fail("lean", "failcg", "", p.fail_reps, trials=self.trials["fail_genuine"], genuine=True)
+        if self.before:
+            timed("lean", "before", "", p.base_reps, system="bgwlab_before")
+            crash("lean", "before", p.fail_reps, system="bgwlab_before")
+            if self.genuine:
+                fail("lean", "before_failcg", "", p.fail_reps, genuine=True, system="bgwlab_before")
         if self.pg:
             pg("timed", p.base_reps)
             pg("crash", p.fail_reps)
@@ -608,11 +629,17 @@ def main(argv=None) -> int:
     ap.add_argument("--no-save", action="store_true", help="print only")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--before", metavar="PATCH",
+                    help="also time the engine as it was: clusters whose postmaster preloads "
+                         "benchmarks/ab_patches/PATCH.py (rows bgwlab_before.*)")
     args = ap.parse_args(argv)
+    if args.before:
+        sys.path.insert(0, str(HERE / "ab_patches"))
     plan = QUICK if args.quick else FULL
     if args.rounds:
         plan = Plan(**{**asdict(plan), "rounds": args.rounds})
-    result = Bench(plan, seed=args.seed, progress=not args.no_progress).run()
+    result = Bench(plan, seed=args.seed, progress=not args.no_progress,
+                   before=args.before).run()
     text = render(result)
     print(text)
     if not args.no_save:

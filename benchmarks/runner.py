@@ -126,8 +126,10 @@ class Registrant:
         t1 = _ns()
         if status is not HandleStatus.STARTED:
             raise RuntimeError(unexpected(h, f"timed worker did not start: {status}"))
-        t_main = int.from_bytes(_read_exact(self.stamp_fd, STAMP), "little")
+        first = _read_exact(self.stamp_fd, 2 * STAMP)
         t_run = _ns()
+        t_main = int.from_bytes(first[:STAMP], "little")
+        cpu_main = int.from_bytes(first[STAMP:], "little")
         os.write(self.go_fd, b"g")
         status = h.wait_for_shutdown()
         t3 = _ns()
@@ -135,7 +137,8 @@ class Registrant:
             raise RuntimeError(unexpected(h, f"timed worker did not stop: {status}"))
         t_last = int.from_bytes(_read_exact(self.stamp_fd, STAMP), "little")
         return {"slot": h.slot, "generation": h.generation, "pid": pid, "t0": t0, "t1": t1,
-                "t_main": t_main, "t_run": t_run, "t_last": t_last, "t3": t3}
+                "t_main": t_main, "t_run": t_run, "t_last": t_last, "t3": t3,
+                "cpu_main": cpu_main}
 
     def fail(self, cluster: str, genuine: bool = False) -> dict:
         """request -> registrant knows it failed: an injected fork failure (the fork path
