@@ -470,6 +470,10 @@ class MessageQueue:
             self._partial[self._got:self._got + take] = self._ring[off:off + take]
             self._got += take
             self._consume(maxalign(take))
+            if self._consume_pending > ring >> 2:
+                # A message larger than the ring: give room back while we copy, so that a
+                # sender waiting for it writes on while we read (instead of taking turns).
+                self._flush_read()
         msg = bytes(self._partial)
         self._expected, self._partial = -1, None
         return SUCCESS, msg
