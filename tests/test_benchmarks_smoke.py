@@ -1,9 +1,10 @@
 """Smoke test of the benchmark suite (benchmarks/run.py --quick).
 
 No timing is asserted here -- performance numbers belong to the benchmark's own output.
-The test checks that one quick run completes, cleans up after itself (the autouse
-no_leaks fixture sees every orphan, since pytest is a child subreaper), and produces the
-table and the files with the expected rows and columns and sane values.
+The test checks that one quick run completes, cleans up after itself (the module-level
+leak check sees every orphan of the module-scoped run, since pytest is a child subreaper),
+and produces the table and the files with the expected rows and columns and sane values.
+The only time limit is a deadline that catches a hung run, far above a slow machine's.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ def _load_report():
 report = _load_report()
 
 LATENCY_METRICS = [
-    "bgwlab.start", "bgwlab.running", "bgwlab.death", "bgwlab.fail",
-    "bgwlab.start.heap200", "bgwlab.death.heap200", "bgwlab.fail.heap200",
-    "bgwlab.start.log_off", "bgwlab.death.log_off", "bgwlab.fail.log_off",
+    "bgwlab.start", "bgwlab.running", "bgwlab.death", "bgwlab.fail_injected", "bgwlab.crash",
+    "bgwlab.start.heap200", "bgwlab.death.heap200", "bgwlab.fail_injected.heap200",
+    "bgwlab.start.log_off", "bgwlab.death.log_off", "bgwlab.fail_injected.log_off",
     "bgwlab.start.mw64", "bgwlab.start.mw256", "bgwlab.start.mw1024",
     "raw_fork.start", "raw_fork.death", "raw_fork.start.heap200",
     "mp_fork.start", "mp_fork.death", "mp_fork.start.heap200",
@@ -49,6 +50,9 @@ RATE_METRICS = ["bgwlab.rate", "bgwlab.rate.4_registrants", "bgwlab.rate.heap200
 EVENT_METRICS = ["eventlog.event.forked", "eventlog.event.registered", "eventlog.event.disabled"]
 
 
+RUN_DEADLINE_S = 540  # a hang, not a slow run (~40 s on an idle 2-core machine)
+
+
 def _rows(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -59,12 +63,13 @@ def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "--quick", "--no-progress",
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=150)
+                          timeout=RUN_DEADLINE_S)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc.stdout
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(RUN_DEADLINE_S + 60)  # the module's run is set up inside the first test
 def test_quick_run_prints_the_table_and_targets(quick_run):
     _, stdout = quick_run
     assert "median" in stdout and "p99" in stdout
@@ -89,7 +94,9 @@ def test_summary_csv_has_every_metric_with_sane_values(quick_run):
         assert int(r["n"]) > 0
         for col in ("median", "p99", "mean", "min", "max"):
             v = float(r[col])
-            assert math.isfinite(v) and v > 0, (m, col, v)
+            # a rate window may close before a late runner's first cycle on a loaded
+            # machine (0/s); a time is never 0
+            assert math.isfinite(v) and (v >= 0 if m in RATE_METRICS else v > 0), (m, col, v)
         assert float(r["min"]) <= float(r["median"]) <= float(r["p99"]) <= float(r["max"])
         assert r["unit"] == report.UNITS[r["kind"]]
     # Ratios to every peer exist for start / death rows, and are consistent with the medians.
@@ -100,7 +107,7 @@ def test_summary_csv_has_every_metric_with_sane_values(quick_run):
             expect = float(by[m]["median"]) / float(by[f"{p}.{kind}"]["median"])
             assert math.isfinite(x) and x > 0 and math.isclose(x, expect, rel_tol=1e-3)
     assert math.isclose(float(by["mp_fork.start"]["x_mp_fork"]), 1.0, rel_tol=1e-6)
-    assert math.isnan(float(by["bgwlab.fail"]["x_mp_fork"]))  # no peer for a failed start
+    assert math.isnan(float(by["bgwlab.fail_injected"]["x_mp_fork"]))  # no peer for a failed start
 
 
 @pytest.mark.slow
@@ -109,7 +116,9 @@ def test_samples_targets_decomposition_and_metadata(quick_run):
     with gzip.open(out / "bench_quick_samples.csv.gz", "rt", newline="") as f:
         samples = list(csv.DictReader(f))
     assert {s["metric"] for s in samples} >= set(LATENCY_METRICS + RATE_METRICS)
-    assert all(math.isfinite(float(s["value"])) and float(s["value"]) > 0 for s in samples)
+    for s in samples:
+        v = float(s["value"])
+        assert math.isfinite(v) and (v >= 0 if s["metric"] in RATE_METRICS else v > 0), s
 
     targets = _rows(out / "bench_quick_targets.csv")
     names = [t["target"] for t in targets]
@@ -120,7 +129,7 @@ def test_samples_targets_decomposition_and_metadata(quick_run):
         assert t["met"] in ("True", "False") and math.isfinite(float(t["value"]))
 
     dec = _rows(out / "bench_quick_decomposition.csv")
-    assert {d["path"] for d in dec} == {"start", "death", "fail"}
+    assert {d["path"] for d in dec} - {"fail_genuine"} == {"start", "death", "fail"}
     for d in dec:
         assert int(d["n"]) > 0, d
         assert math.isfinite(float(d["median_us"])) and float(d["median_us"]) >= 0
@@ -132,7 +141,11 @@ def test_samples_targets_decomposition_and_metadata(quick_run):
                 "loadavg_1min_during", "plan", "heap", "busy_processes_at_start", "busy_phase"):
         assert key in meta, key
     assert meta["plan"]["mode"] == "quick" and meta["cpu_count"] >= 1
-    assert meta["heap"]["heavy"]["rss_mb"] - meta["heap"]["heavy"]["rss_before_mb"] > 150
+    # the heavy registrant holds the heap it was asked for (its RSS gain is not checked:
+    # swap can hide it); 140 bytes per object, as benchmarks/peers.make_heap builds it
+    heap = meta["heap"]
+    assert heap["heavy"]["objects"] == heap["requested_mb"] * 2**20 // 140
+    assert heap["heavy"]["rss_mb"] > 0 and heap["heavy"]["rss_before_mb"] > 0
     assert (out / "bench_quick.txt").read_text().startswith("bgwlab benchmark (quick)")
 
 
@@ -140,7 +153,7 @@ def test_report_statistics_on_known_data():
     assert report.percentile([1, 2, 3, 4], 0.5) == 2.5
     assert report.percentile(list(range(101)), 0.99) == 99
     rows = report.summarize({"bgwlab.start": [1.0, 1.0, 1.0], "mp_fork.start": [2.0, 2.0],
-                             "bgwlab.start.heap200": [1.5], "bgwlab.fail": [3.0]})
+                             "bgwlab.start.heap200": [1.5], "bgwlab.fail_injected": [3.0]})
     by = {r["metric"]: r for r in rows}
     assert by["bgwlab.start"]["x_mp_fork"] == 0.5
     assert by["bgwlab.start.heap200"]["vs_base"] == 1.5

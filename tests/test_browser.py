@@ -6,7 +6,9 @@ a random token, ``--no-browser``), opens it in headless Chromium (``/usr/bin/chr
 installed by ``scripts/system-deps.sh``; no browser download), runs every cell from the
 Run menu, chooses "sleep forever" in the panel's menu, clicks **register worker**, and waits
 until the page shows the worker ``STARTED``; then a second worker whose fork fails must show
-``STOPPED``; then **stop cluster**.  Screenshots go to ``test-artifacts/``.
+``STOPPED``; then **stop cluster**.  Screenshots and the server's log go to the test's
+``tmp_path`` (pytest keeps the last three runs' under ``/tmp/pytest-of-$USER/``), never
+into the checkout.
 
 Every process it starts (the server, its kernel, the kernel's cluster, Chromium) is stopped
 and waited for.  Without Chromium the test fails with instructions; set
@@ -32,7 +34,6 @@ import pytest
 from conftest import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "test-artifacts"
 NOTEBOOK = ROOT / "notebooks" / "09_cluster_panel.ipynb"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -143,11 +144,12 @@ def chromium_path():
 def test_cluster_panel_in_jupyterlab_in_chromium(chromium_path, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    ARTIFACTS.mkdir(exist_ok=True)
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
     root = tmp_path / "lab"
     root.mkdir()
     shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
-    lab = JupyterLab(root, tmp_path / "jupyter", ARTIFACTS / "jupyterlab.log")
+    lab = JupyterLab(root, tmp_path / "jupyter", artifacts / "jupyterlab.log")
     killed = []
     try:
         wait_until(lab.ready, timeout=90, interval=0.2, what="jupyter lab to answer /api/status")
@@ -203,8 +205,8 @@ def test_cluster_panel_in_jupyterlab_in_chromium(chromium_path, tmp_path):
                 expect(first).to_have_text("STARTED")  # still running
 
                 panel.scroll_into_view_if_needed()
-                panel.screenshot(path=str(ARTIFACTS / "cluster-panel.png"))
-                page.screenshot(path=str(ARTIFACTS / "jupyterlab.png"))
+                panel.screenshot(path=str(artifacts / "cluster-panel.png"))
+                page.screenshot(path=str(artifacts / "jupyterlab.png"))
 
                 panel.get_by_role("button", name="stop cluster").click()
                 expect(panel.locator(".bgw-state")).to_have_text("[stopped]", timeout=30_000)
@@ -214,4 +216,4 @@ def test_cluster_panel_in_jupyterlab_in_chromium(chromium_path, tmp_path):
     finally:
         killed = lab.stop()
     assert not killed, f"processes that did not exit by themselves: {killed}"
-    assert (ARTIFACTS / "cluster-panel.png").stat().st_size > 10_000
+    assert (artifacts / "cluster-panel.png").stat().st_size > 10_000

@@ -155,15 +155,15 @@ def test_cluster_panel_buttons_drive_the_cluster():
             panel.refresh()
             return text in panel.workers.value
 
-        wait_until(lambda: shows("STARTED"), what="the workers table to show STARTED")
+        wait_until(lambda: shows("STARTED"), timeout=30, what="the workers table to show STARTED")
         assert "slow start: worker 1 s" in panel.workers.value
         assert panel.worker_menu.value == 1
         pid = panel.controller.rows[0].pid
         assert str(pid) in panel.tree.value
         panel.terminate_button.click()
-        wait_until(lambda: shows("STOPPED at"), what="the table to show the shutdown")
+        wait_until(lambda: shows("STOPPED at"), timeout=30, what="the table to show the shutdown")
         panel.kill_button.click()
-        wait_until(lambda: (panel.refresh(), "dead" in panel.title.value)[1], what="state dead")
+        wait_until(lambda: (panel.refresh(), "dead" in panel.title.value)[1], timeout=30, what="state dead")
         assert "SIGKILL" in panel.message.value
     finally:
         panel.close()
@@ -249,18 +249,121 @@ def test_experiment_panel_run_button_progress_and_figure():
 
     panel = ExperimentPanel(scenarios=("ok", "fork_failure"), strategies=("notify", "timeout"),
                             T=0.02, load="idle", trials=1)
-    panel.trials.value = 2
-    panel.T.value = 0.03
-    panel.run_button.click()
-    assert panel.run_button.disabled or panel.controller.finished
-    assert panel.wait(120)
-    wait_until(lambda: not panel.run_button.disabled, what="the run button to come back")
-    assert panel.progress.value == 2 and panel.progress.description == "2 / 2"
-    assert "fork_failure" in panel.table.value and "timeout" in panel.table.value
-    assert bytes(panel.figure.value).startswith(PNG)
-    assert panel.controller.params == {"timeout_s": pytest.approx(0.03, rel=0.02), "load": "idle",
-                                       "trials": 2}
-    panel.close()
+    try:
+        panel.trials.value = 2
+        panel.T.value = 0.03
+        panel.run_button.click()
+        assert panel.run_button.disabled or panel.controller.finished
+        assert panel.wait(120)
+        wait_until(lambda: not panel.run_button.disabled, what="the run button to come back")
+        assert panel.progress.value == 2 and panel.progress.description == "2 / 2"
+        # the table shows the summary of what ran: 2 trials per cell, no wrong verdict on a failure
+        s = panel.controller.summary()
+        assert set(zip(s.scenario, s.strategy)) == {(sc, st) for sc in ("ok", "fork_failure")
+                                                    for st in ("notify", "timeout")}
+        assert (s.trials == 2).all() and s[s.scenario == "fork_failure"].wrong.sum() == 0
+        assert panel.table.value == s.to_html(index=False, float_format=lambda x: f"{x:.1f}")
+        assert bytes(panel.figure.value).startswith(PNG)
+        assert panel.controller.params == {"timeout_s": pytest.approx(0.03, rel=0.02), "load": "idle",
+                                           "trials": 2}
+    finally:
+        panel.close()
+
+
+def test_experiment_panel_cancel_button_stops_the_run_after_the_current_trial():
+    from bgwlab.lab.widgets import ExperimentPanel
+
+    panel = ExperimentPanel(scenarios=("fork_failure",), strategies=("notify",), T=0.02, trials=5)
+    try:
+        report = panel.controller.on_progress
+
+        def progress_then_cancel():  # press cancel as soon as the first trial is in
+            report()
+            if not panel.controller.finished:
+                panel.cancel_button.click()
+
+        panel.controller.on_progress = progress_then_cancel
+        panel.run_button.click()
+        assert panel.wait(120)
+        c = panel.controller
+        assert c.finished and c.error is None
+        assert c.done == 1 and len(c.results) == 1 and c.total == 5
+        wait_until(lambda: not panel.run_button.disabled, what="the run button to come back")
+        assert panel.progress.value == 1 and panel.progress.description == "1 / 5"
+    finally:
+        panel.close()
+
+
+def test_experiment_panel_run_that_ends_before_start_returns_leaves_the_panel_usable():
+    """A one-trial run may be over before ``start()`` returns to the click handler: the
+    button must come back and the bar show the trial (it used to stay disabled at 0)."""
+    from bgwlab.lab.widgets import ExperimentPanel
+
+    panel = ExperimentPanel(scenarios=("fork_failure",), strategies=("notify",), T=0.02, trials=1)
+    try:
+        real_start = panel.controller.start
+
+        def start_and_finish(*args):
+            real_start(*args)
+            assert panel.controller.wait(120)
+
+        panel.controller.start = start_and_finish
+        panel.run_button.click()
+        assert panel.controller.finished and panel.controller.done == 1
+        assert not panel.run_button.disabled
+        assert panel.progress.value == 1 and panel.progress.description == "1 / 1"
+        assert "fork_failure" in panel.table.value and "running" not in panel.table.value
+    finally:
+        panel.close()
+
+
+def test_cluster_panel_restart_menu_terminate_and_kill():
+    """The restart menu reaches the worker's spec: a worker that raises is restarted after
+    the chosen interval, until the terminate button ends it; kill -9 then reads as dead."""
+    from bgwlab.lab.widgets import ClusterPanel
+
+    panel = ClusterPanel(max_workers=2, auto_refresh=False)
+    try:
+        panel.start_button.click()
+        panel.entry_menu.value = "raise an exception (exit 1)"
+        panel.fault_menu.value = "no fault"
+        panel.restart_menu.value = "restart after 0.2 s"
+        panel.register_button.click()
+        row = panel.controller.rows[0]
+        assert row.restart == 0.2
+        cluster = panel.controller.cluster
+
+        def mine(kind):
+            return [e for e in cluster.events() if e.kind == kind
+                    and (e.slot, e.generation) == (row.slot, row.generation)]
+
+        wait_until(lambda: len(mine("forked")) >= 2, timeout=30, what="the worker to be restarted")
+        assert {e.detail["after_s"] for e in mine("restart_scheduled")} == {0.2}
+        assert panel.worker_menu.value == row.number
+        panel.terminate_button.click()
+        wait_until(lambda: mine("unregistered"), timeout=30, what="the terminate to end the worker")
+        (unreg,) = mine("unregistered")
+        assert unreg.detail["reason"] in ("terminated", "terminated before start")
+        wait_until(lambda: row.shutdown.startswith("STOPPED"), what="the waiter to see STOPPED")
+        forks = len(mine("forked"))
+        panel.refresh()
+        assert "STOPPED" in panel.workers.value and "terminate requested" in panel.message.value
+        # never restarted after the terminate: the slot is free for a new worker
+        assert panel.controller.backend.seg.in_use(row.slot) == 0 and len(mine("forked")) == forks
+
+        panel.entry_menu.value = "sleep forever"
+        panel.restart_menu.value = "never restart"
+        panel.register_button.click()
+        survivor = panel.controller.rows[1]
+        wait_until(lambda: survivor.startup.startswith("STARTED"), what="the second worker to start")
+        pm = cluster.postmaster_pid
+        panel.kill_button.click()
+        wait_until(lambda: survivor.shutdown.startswith("POSTMASTER_DIED"), what="its waiter to see the death")
+        panel.refresh()
+        assert "dead" in panel.title.value and f"pid {pm}" in panel.message.value
+    finally:
+        panel.close()
+    assert "stopped" in panel.title.value
 
 
 def test_process_tree_of_a_gone_process_is_empty():

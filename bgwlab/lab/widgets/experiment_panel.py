@@ -156,12 +156,19 @@ class ExperimentPanel:
         c = self.controller
         if c.running:
             return
-        c.start(self.T.value, self.load.value, self.trials.value)
-        self.progress.max = max(1, c.total)
+        # The view is set up *before* the run starts: a short run may finish (and its last
+        # progress report enable the button and fill the bar) before start() returns.
+        trials = int(self.trials.value)
+        self.progress.max = max(1, trials)
         self.progress.value = 0
-        self.progress.description = f"0 / {c.total}"
+        self.progress.description = f"0 / {trials}"
         self.run_button.disabled = True
         self.table.value = f"<i>running: T={self.T.value:.3f} s, load {self.load.value}…</i>"
+        try:
+            c.start(self.T.value, self.load.value, trials)
+        except Exception:
+            self.run_button.disabled = False
+            raise
 
     def _on_progress(self):
         c = self.controller
