@@ -497,9 +497,18 @@ class Postmaster:
             os.write(self.wake_w, b"\0")  # more are due: loop again at once
 
     def start_worker(self, rw) -> None:
-        """do_start_bgworker: fork, record the pid, notify -- then log (logging never delays the signal)."""
+        """do_start_bgworker: fork, publish the pid, notify -- then the rest (logging never
+        delays the signal).
+
+        Between fork() and the signal the parent runs as little Python as it can: every
+        page it writes there is a copy-on-write fault (the child shares them all), paid
+        while the registrant waits.  So the notify target is validated before the fork
+        (the pidfd reaches exactly that process whenever we send), and the bookkeeping
+        comes after the signal.
+        """
         rw.fork_attempts += 1
         spec = rw.spec
+        fd = self.backend_pidfd(*rw.notify) if rw.notify is not None else None
         t_attempt = time.monotonic_ns()
         try:
             if spec.fork_errno and (spec.fork_failures == 0 or rw.fork_attempts <= spec.fork_failures):
@@ -514,9 +523,9 @@ class Postmaster:
             _signal.pthread_sigmask(_signal.SIG_BLOCK, FORK_BLOCKED_SIGNALS)
             try:
                 pid = os.fork()
-            finally:
-                if os.getpid() == self.pid:  # the parent, or fork() failed
-                    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, FORK_BLOCKED_SIGNALS)
+            except BaseException:
+                _signal.pthread_sigmask(_signal.SIG_UNBLOCK, FORK_BLOCKED_SIGNALS)
+                raise
         except OSError as e:
             t_fail = time.monotonic_ns()
             injected = isinstance(e, InjectedOSError)
@@ -537,14 +546,23 @@ class Postmaster:
             finally:
                 os._exit(1)  # ... nor ever unwinds into the postmaster's loop in the child
         t_forked = time.monotonic_ns()
+        self.seg.set_pid(rw.slot, pid)  # the pid before the signal: the registrant reads it
+        t_notified = 0
+        if fd is not None:
+            t_notified = time.monotonic_ns()
+            try:
+                signal.pidfd_send_signal(fd, SIGUSR1)
+            except OSError:
+                t_notified = -1  # gone meanwhile: notify() below says so and forgets it
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, FORK_BLOCKED_SIGNALS)
         rw.pid = pid
-        self.seg.set_pid(rw.slot, pid)
         self.by_pid[pid] = rw
         del self.pending[rw.slot]
-        t_notified = self.notify(rw, "forked", log=False)
+        if t_notified < 0 or (fd is None and rw.notify is not None):
+            t_notified = self.notify(rw, "forked", log=False)  # sends, or logs why it cannot
         self.events.emit("fork_attempted", rw.slot, rw.generation, t_ns=t_attempt, attempt=rw.fork_attempts)
         self.events.emit("forked", rw.slot, rw.generation, t_ns=t_forked, worker_pid=pid)
-        if t_notified:
+        if t_notified > 0 and rw.notify is not None:
             self.events.emit("notified", rw.slot, rw.generation, t_ns=t_notified,
                              target_pid=rw.notify[1], reason="forked")
 
