@@ -78,6 +78,16 @@ def main(argv=None) -> int:
             for v, k in tasks:
                 for kind, ms in _run(reg, v, k).items():
                     samples.setdefault(f"{v}.{kind}", []).append(ms)
+        for v in ("A", "B"):  # inside the postmaster, from its event log: fork() called ->
+            marks: dict = {}   # registrant signalled (the start's critical section)
+            for e in clusters[v].events():
+                if e.kind == "fork_attempted" or (e.kind == "notified"
+                                                  and e.detail.get("reason") == "forked"):
+                    marks.setdefault((e.slot, e.generation), {}).setdefault(e.kind, e.t_ns)
+            samples[f"{v}.fork_to_signal_us"] = [
+                (m["notified"] - m["fork_attempted"]) / 1e3 for m in marks.values()
+                if "notified" in m and "fork_attempted" in m]
+    kinds = kinds + ["fork_to_signal_us"]
     print(f"A = {patch} (the old code), B = the code as it is; n = {args.n} each, interleaved")
     print(f"{'kind':<16} {'A median':>9} {'B median':>9} {'B/A':>6}   {'A p99':>8} {'B p99':>8} {'B/A':>6}")
     for kind in kinds:
