@@ -214,6 +214,8 @@ class SignalDispatcher:
     def install(self) -> None:
         """Idempotent.  The first call in a process must come from the main thread."""
         if self._installed and self._pid == os.getpid():
+            if threading.current_thread() is threading.main_thread():
+                self.reclaim()
             return
         with self._lock:
             if self._installed and self._pid == os.getpid():
@@ -235,6 +237,24 @@ class SignalDispatcher:
             self._installed = True
         if self._forward_fd != -1:
             self._ensure_thread()  # the other wakeup fd's owner must not wait for our waiters
+
+    def reclaim(self) -> None:
+        """Main thread only: make our pipe the wakeup fd again if other code took it.
+
+        A process has one wakeup fd, and other code sets it too: an asyncio loop that
+        handled a signal sets it to -1 when it closes (nbclient's does, in a test run
+        or a notebook tool).  Without ours, a SIGUSR1 that the kernel delivers to
+        another thread -- a C library's thread, say -- leaves no byte anywhere, and a
+        main thread asleep in ``poll()`` never learns of it: the lost wakeup of the
+        essay above.  So each main-thread wait checks, before it sleeps, and takes the
+        fd back, forwarding to whoever had installed one of their own.
+        """
+        current = signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
+        if current not in (self._w, -1):
+            self._forward_fd = current  # theirs keeps getting its bytes, through us
+            self._ensure_thread()
+        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, signal.SIG_IGN, None):
+            signal.signal(signal.SIGUSR1, self._python_handler)
 
     def _ensure_thread(self) -> None:
         """Start the fan-out thread once per process.  Any thread; needs install() first."""
@@ -314,6 +334,7 @@ class SignalDispatcher:
         if (r < 0 or self._pid != os.getpid()
                 or threading.current_thread() is not threading.main_thread()):
             return latch.wait(timeout, also)
+        self.reclaim()
         ready = latch.wait(timeout, (*also, r))
         if r in ready:
             self.drain()  # sets the latch if a SIGUSR1 was in the pipe; the caller looks again
