@@ -198,17 +198,18 @@ def test_no_lost_wakeups_when_registrant_threads_are_busy(cluster, backend):
             x += 1
 
     burners = [threading.Thread(target=burn) for _ in range(3)]
-    results, errors = [], []
+    results, errors, verdicts = [], [], []
 
     def waiter():
         try:
             for _ in range(150):
                 h = backend.register_dynamic_worker(NOOP)
                 t0 = time.monotonic()
-                s, _ = h.wait_for_startup(timeout=WAIT_S)
+                s, pid = h.wait_for_startup(timeout=WAIT_S)
                 t1 = time.monotonic()
                 s2 = h.wait_for_shutdown(timeout=WAIT_S)
                 results.append((s, s2, t1 - t0, time.monotonic() - t1))
+                verdicts.append((h.slot, h.generation, s, pid))
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -228,6 +229,21 @@ def test_no_lost_wakeups_when_registrant_threads_are_busy(cluster, backend):
     assert all(s in (STARTED, STOPPED) and s2 is STOPPED for s, s2, _, _ in results)
     slowest = max(max(d1, d2) for _, _, d1, d2 in results)
     assert slowest < WAIT_S, f"a wait ran into its {WAIT_S} s timeout: a lost wakeup"
+
+    # Each startup verdict against the event log: STARTED names the pid the postmaster
+    # forked for that (slot, generation); STOPPED means that worker had exited already.
+    def wrong_verdicts():
+        forked, exited = {}, set()
+        for e in cluster.events():
+            if e.kind == "forked":
+                forked.setdefault((e.slot, e.generation), set()).add(e.detail["worker_pid"])
+            elif e.kind == "exited":
+                exited.add((e.slot, e.generation))
+        return [v for v in verdicts
+                if not (v[3] in forked.get(v[:2], ()) if v[2] is STARTED else v[:2] in exited)]
+
+    wait_until(lambda: not wrong_verdicts(), timeout=10,
+               what="every verdict to match the event log")  # "forked" is logged after the signal
 
 
 def test_concurrent_waiters_in_one_process_are_all_woken(cluster, backend):
