@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: platform-check setup system-deps test lab book student-copy bench bench-quick bench-tail soak clean
+.PHONY: platform-check setup system-deps test lab book student-copy stress bench bench-quick bench-tail soak clean
 
 # The system as `uname -s` names it.  `make UNAME_S=Darwin lab` shows what a Mac user sees.
 ifndef UNAME_S
@@ -91,6 +91,11 @@ book: platform-check setup
 # The notebooks without their solutions (cells tagged "solution"), for students.
 student-copy: setup
 	$(PY) scripts/student_copy.py
+
+# The suite (or part of it) many times as CI meets it: fresh clones, cold page cache,
+# bytecode not written, the other CPUs busy.  make stress STRESS_ARGS="-n 20 -- tests/x.py"
+stress:
+	bash scripts/stress.sh $(STRESS_ARGS)
 
 bench: setup
 	$(PY) benchmarks/run.py

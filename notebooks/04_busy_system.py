@@ -29,7 +29,7 @@
 #   (SIGSTOP) for `stall_s`, then SIGCONT it: a supervisor that is descheduled, swapped out or
 #   stuck in a slow system call. A request that arrives during a stall waits for its end.
 #
-# The experiment runner names four loads: `idle`, `hogs` (2 per core), `stalls` (60 ms of
+# The experiment runner names four loads: `idle`, `hogs` (2 per usable CPU), `stalls` (60 ms of
 # every 200 ms), `busy` (both). A request that arrives at a random moment is caught in a
 # stall with probability 60/200 = 30 %, and then waits for up to 60 ms.
 #
@@ -63,7 +63,7 @@ TRIALS = 6 if QUICK else 60
 # ## 1. What the loads look like
 
 # %%
-with CpuHogs(4) as hogs:
+with CpuHogs() as hogs:  # 2 per CPU this process may use
     print("hog pids:", hogs.pids)
     print("CPU use per core over 0.3 s:", psutil.cpu_percent(interval=0.3, percpu=True))
 print("after the with block, hogs alive:", [p for p in hogs.pids if psutil.pid_exists(p)])
