@@ -163,6 +163,9 @@ FAIL_STAGES = START_STAGES[:3] + (  # the same request, then the fork that fails
     ("notified", "woke", "signal -> registrant awake, reads slot"),
     ("woke", "t1", "registrant: log 'woke', return"),
 )
+FAIL_GENUINE_STAGES = tuple(
+    ("fork_attempted", "fork_failed", "fork() failing with EAGAIN (pids cgroup)")
+    if st[:2] == ("fork_attempted", "fork_failed") else st for st in FAIL_STAGES)
 
 
 def _trial_marks(evs, wait: str) -> dict[str, int]:
@@ -183,9 +186,10 @@ def _trial_marks(evs, wait: str) -> dict[str, int]:
 
 def decompose(events, trials: list[dict], path: str) -> list[dict]:
     """Median / p99 of each stage, in microseconds, over `trials` (dicts with slot,
-    generation and the runner's own stamps).  `path` is start, death or fail."""
+    generation and the runner's own stamps).  `path` is start, death, fail (injected) or
+    fail_genuine."""
     main = {"start": START_STAGES, "death": DEATH_STAGES, "fail": FAIL_STAGES,
-            "fail_genuine": FAIL_STAGES}[path]
+            "fail_genuine": FAIL_GENUINE_STAGES}[path]
     stages = main + (START_SIDE if path == "start" else ())
     wait = "shutdown" if path == "death" else "startup"
     want = {(t["slot"], t["generation"]): t for t in trials}

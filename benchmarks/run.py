@@ -3,6 +3,7 @@
     make bench          # full run, ~5-10 minutes; writes data/bench/bench_full*
     make bench-quick    # under a minute; writes data/bench/bench_quick*
     .venv/bin/python benchmarks/run.py [--quick] [--rounds N] [--out DIR] [--no-save]
+                                       [--before PATCH]
 
 What one run does (everything interleaved: every round runs every trial in a shuffled
 order, so that a disturbance of the machine hits all of them alike):
@@ -13,10 +14,16 @@ order, so that a disturbance of the machine hits all of them alike):
   heap of Python objects, three more registrants for the 4-registrant cycles, and two
   peer runners (lean and 200 MB) for ``os.fork`` + signal, ``multiprocessing`` fork /
   forkserver / spawn and ``subprocess.Popen``;
-* per trial: request -> pid known (``wait_for_startup``), request -> "I run" heard from
-  the worker, the worker's last instruction -> stop known (``wait_for_shutdown``), and
-  a start with ``Fault.fork_failure()`` -> failure known; the same two stamps for each
-  peer; every few rounds, start/exit cycles per second for a fixed time;
+* per trial, every system on the same pairs of instants: request -> pid known
+  (``wait_for_startup``; the peers' ``os.fork()`` / ``Process.start()`` / ``Popen()``
+  returning), request -> "I run" heard from the worker, the worker's last instruction ->
+  stop known (``wait_for_shutdown``); a start with ``Fault.fork_failure()`` (injected: no
+  ``fork()``) and, where root and a pids controller allow, a genuine one (a cluster in a
+  pids cgroup at its limit, ``failcg``) -> failure known; a missing entry -> STOPPED
+  known; every few rounds, start/exit cycles per second for a fixed time;
+* PostgreSQL 15 itself where a server is installed (``pg_bench.py``, the ``pg`` runner):
+  the same trials timed inside a backend by ``pg_probe/bench_probe.c``, in the same
+  shuffled rounds; with ``--before PATCH``, the old engine too (``bgwlab_before.*``);
 * after the rounds, the *busy phase*: a sixth cluster of 1,024 slots, ~1,000 of them
   running sleepers, with starts on it interleaved with starts on the base cluster.  It
   has a phase of its own because 1,000 live Python processes slow down every fork on
@@ -306,8 +313,8 @@ class Bench:
         for r in self.runners.values():
             r.close()
         if self.limit is not None:
+            self.meta["genuine_fork_failure"]["pids_events"] = self.limit.events  # before close()
             self.limit.close()
-            self.meta["genuine_fork_failure"]["pids_events"] = self.limit.events
             self.limit = None
         if self.before_limit is not None:
             self.before_limit.close()
