@@ -12,8 +12,10 @@
   and its key claim asserted on the run's data in a cell tagged ``check`` (``claim(...)``),
   which therefore runs here, in CI: a notebook whose data contradict its text fails.
 
-Execution times are written to ``test-artifacts/notebook-times.txt`` and printed at the
-end of the module; the executed notebooks (with outputs) go to ``test-artifacts/notebooks/``.
+Execution times are written to ``notebook-times.txt`` and printed at the end of the
+module; the executed notebooks (with outputs) go to ``notebooks/`` -- both in
+``$BGWLAB_TEST_ARTIFACTS`` (default: ``bgwlab-test-artifacts`` in the temp directory, never
+inside the checkout).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +31,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
-ARTIFACTS = ROOT / "test-artifacts"
+ARTIFACTS = Path(os.environ.get("BGWLAB_TEST_ARTIFACTS")
+                 or Path(tempfile.gettempdir()) / "bgwlab-test-artifacts")
 SOURCES = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
 TIMES: dict[str, float] = {}
 
@@ -84,7 +88,7 @@ def report_times(request):
         return
     lines = [f"{name:<36} {secs:6.1f} s" for name, secs in sorted(TIMES.items())]
     lines.append(f"{'total':<36} {sum(TIMES.values()):6.1f} s")
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "notebook-times.txt").write_text("\n".join(lines) + "\n")
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
