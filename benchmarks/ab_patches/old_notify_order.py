@@ -5,7 +5,13 @@ signal)."""
 import os
 import time
 
-from bgwlab import postmaster as pm
+import sys
+
+from bgwlab import postmaster as _imported
+
+# The postmaster runs as ``python -m bgwlab.postmaster``: its code is the module __main__,
+# not the (separately imported) bgwlab.postmaster -- patch the one that runs.
+pm = sys.modules["__main__"] if hasattr(sys.modules["__main__"], "Postmaster") else _imported
 
 
 def start_worker(self, rw) -> None:
