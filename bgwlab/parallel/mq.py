@@ -10,8 +10,9 @@ Layout of one queue, at a 64-byte aligned offset of a segment (native u64 words)
     word 5  receiver_start  written before receiver_pid
     word 6  detached        0 -> 1, by either side (or on behalf of a dead counterpart)
     word 7  ring_size       set by the creator; a multiple of 8; never changes
-    word 8  receiver_waiting  1: the receiver found nothing to read and may sleep; only it writes
-    word 9  sender_waiting    1: the sender found the ring full and may sleep; only it writes
+    word 8  receiver_waiting  0, or a ticket: the receiver found too little to read and may
+                              sleep (a new ticket for every sleep); only it writes
+    word 9  sender_waiting    the same for a sender that found the ring full
     128 ... the ring        ring_size bytes
 
 The protocol (``shm_mq``'s invariants)
@@ -46,7 +47,13 @@ The protocol (``shm_mq``'s invariants)
   sleeps; the other side raises the counter, fences, then reads the word.  With a full
   fence on both sides, at least one of them sees the other's store (Dekker): either the
   sleeper sees the progress and does not sleep, or the progressing side sees the word and
-  signals.  A waiting side clears its word once it finds work.  Nothing waits by polling.
+  signals.  A waiting side clears its word once it finds work.  Every sleep (and every
+  WOULD_BLOCK) stores a *new ticket* before its last look, and the other side signals a
+  ticket once (PostgreSQL's ``is_set``: no second SetLatch for a latch already set): a
+  sender that publishes eight messages while its receiver is still waking signals it
+  once, not eight times.  A side woken by progress that is not yet enough (half a
+  message) sleeps again under a new ticket, so the rest of the message signals it again.
+  Nothing waits by polling.
 * **A dead counterpart ends every wait.**  Before it attaches: through its worker handle
   (``shm_mq_set_handle``; the postmaster's notification sets our latch when it stops).
   After: through a pidfd of it, validated against its start time, in the same ``poll()``
@@ -192,8 +199,11 @@ class MessageQueue:
         self._expected = -1  # payload length, once the length word is read
         self._partial = None  # bytearray(payload length) being filled ...
         self._got = 0  # ... this far
-        # our *_waiting word is set (we may sleep): cleared once we find work
+        # our *_waiting word holds a ticket (we may sleep): cleared once we find work
         self._rx_waiting = self._tx_waiting = False
+        self._fresh = False  # the ticket in our word was stored for the current sleep
+        self._ticket = 0  # our last ticket
+        self._signalled = 0  # the counterpart's ticket we last signalled
         self._closed = False
 
     # -- observation (any process) -------------------------------------------------------
@@ -326,7 +336,7 @@ class MessageQueue:
                         and n <= MAX_MESSAGE and not words[W_DETACHED]):
                     if self._tx_waiting:
                         words[W_SENDER_WAITING] = 0
-                        self._tx_waiting = False
+                        self._tx_waiting = self._fresh = False
                     buf = self._ring
                     LENGTH_WORD.pack_into(buf, off, n)
                     buf[off + 8:off + 8 + n] = msg
@@ -382,8 +392,10 @@ class MessageQueue:
             self._send_pending = 0
             if FENCED:
                 _fence()  # our store of bytes_written before our load of receiver_waiting
-                if not words[W_RECEIVER_WAITING]:
-                    return
+                ticket = words[W_RECEIVER_WAITING]
+                if not ticket or ticket == self._signalled:
+                    return  # awake, or already signalled for this sleep
+                self._signalled = ticket
             peer = self._find_peer()
             if peer is not None:
                 peer.set_latch()
@@ -401,18 +413,20 @@ class MessageQueue:
                 self._flush_written()  # let the receiver see everything before we wait
                 if self._counterparty_gone():
                     return DETACHED, sent
-                if not self._tx_waiting:  # say we may sleep, fence, then look once more
-                    words[W_SENDER_WAITING] = 1
-                    self._tx_waiting = True
+                if not self._fresh:  # say we may sleep (new ticket), fence, look once more
+                    self._ticket += 1
+                    words[W_SENDER_WAITING] = self._ticket
+                    self._tx_waiting = self._fresh = True
                     _fence()
                     continue
+                self._fresh = False  # the next sleep needs a new ticket
                 if nowait:
                     return WOULD_BLOCK, sent
                 self._wait()
                 continue
             if self._tx_waiting:
                 words[W_SENDER_WAITING] = 0
-                self._tx_waiting = False
+                self._tx_waiting = self._fresh = False
             offset = self._written % size
             now = min(available, size - offset)
             self._ring[offset:offset + now] = data[sent:sent + now]
@@ -447,7 +461,7 @@ class MessageQueue:
                     self._consume_pending += total
                     if self._rx_waiting:
                         self._words[W_RECEIVER_WAITING] = 0
-                        self._rx_waiting = False
+                        self._rx_waiting = self._fresh = False
                     return SUCCESS, msg
             res, rb, off = self._receive_bytes(8, nowait)
             if res is not SUCCESS:
@@ -490,8 +504,10 @@ class MessageQueue:
             self._consume_pending = 0
             if FENCED:
                 _fence()  # our store of bytes_read before our load of sender_waiting
-                if not words[W_SENDER_WAITING]:
-                    return
+                ticket = words[W_SENDER_WAITING]
+                if not ticket or ticket == self._signalled:
+                    return  # awake, or already signalled for this sleep
+                self._signalled = ticket
             peer = self._find_peer()
             if peer is not None:
                 peer.set_latch()
@@ -508,18 +524,20 @@ class MessageQueue:
             if used >= needed or offset + used >= size:
                 if self._rx_waiting:
                     words[W_RECEIVER_WAITING] = 0
-                    self._rx_waiting = False
+                    self._rx_waiting = self._fresh = False
                 return SUCCESS, min(used, size - offset), offset
             self._flush_read()  # give room back before waiting for more
             if words[W_DETACHED] or self._counterparty_gone():
                 if written != words[W_WRITTEN]:
                     continue  # the sender wrote its last bytes and then detached: read them
                 return DETACHED, 0, 0
-            if not self._rx_waiting:  # say we may sleep, fence, then look once more
-                words[W_RECEIVER_WAITING] = 1
-                self._rx_waiting = True
+            if not self._fresh:  # say we may sleep (new ticket), fence, look once more
+                self._ticket += 1
+                words[W_RECEIVER_WAITING] = self._ticket
+                self._rx_waiting = self._fresh = True
                 _fence()
                 continue
+            self._fresh = False  # the next sleep needs a new ticket
             if nowait:
                 return WOULD_BLOCK, 0, 0
             self._wait()
