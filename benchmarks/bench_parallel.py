@@ -13,7 +13,9 @@ names its two instants:
   64 KiB data queue (PostgreSQL's tuple-queue size), the leader reading ``messages()``;
   ``bgwlab`` publishes (and wakes the leader) after every message, ``bgwlab.batched``
   once a quarter of the ring is pending, as PostgreSQL's tuple queues do
-  (``shm_mq_send(..., force_flush=false)``, PG 15+).
+  (``shm_mq_send(..., force_flush=false)``, PG 15+); ``bgwlab.mq`` is the bare queue: a
+  bgwlab worker (``examples.mq_echo``) sends on one shm_mq and the leader calls
+  ``receive()`` (blocking), with no ParallelContext around it.
   Peers, each in a ``multiprocessing`` fork child: ``Pipe(duplex=False)``
   (``send_bytes``/``recv_bytes``; the kernel's pipe buffer is also 64 KiB), ``Queue``
   (``put``/``get``), and a raw ``os.pipe`` with an 8-byte length prefix.
@@ -61,7 +63,7 @@ STAMP = struct.Struct("<Q")
 HDR = struct.Struct("<Q")
 SIZES = (64, 8192, 1 << 20)
 RING = 65536
-PEERS_TP = ("bgwlab", "bgwlab.batched", "mp_pipe", "mp_queue", "os_pipe")
+PEERS_TP = ("bgwlab", "bgwlab.batched", "bgwlab.mq", "mp_pipe", "mp_queue", "os_pipe")
 PEERS_LAUNCH = ("bgwlab.attach", "bgwlab.first_message", "mp_pool", "process_pool_executor")
 CTX = mp.get_context("fork")
 
@@ -191,6 +193,19 @@ def tp_bgwlab(backend, n: int, size: int, flush: bool = True) -> tuple[int, int,
             total += len(msg)
         t1 = _ns()
         pcxt.wait_for_finish()
+    return STAMP.unpack_from(first)[0], t1, total
+
+
+def tp_bgwlab_mq(backend, n: int, size: int) -> tuple[int, int, int]:
+    """The bare queue: a bgwlab worker sends on one shm_mq, the leader receive()s (blocking)."""
+    from bgwlab.parallel.examples import MqEcho
+
+    with MqEcho(backend, RING, main_arg=n << 32 | size) as q:
+        first = q.receive()
+        total = len(first)
+        for _ in range(n - 1):
+            total += len(q.receive())
+        t1 = _ns()
     return STAMP.unpack_from(first)[0], t1, total
 
 
@@ -350,7 +365,7 @@ def run(quick: bool = False, rounds: int | None = None, progress: bool = True, s
     rng = random.Random(seed)
     samples = []  # dicts: metric, peer, size, value, unit
     cases = ([("throughput", peer, size) for size in SIZES for peer in PEERS_TP]
-             + [("round_trip", peer, 64) for peer in PEERS_TP if peer != "bgwlab.batched"]
+             + [("round_trip", peer, 64) for peer in PEERS_TP if peer not in ("bgwlab.batched", "bgwlab.mq")]
              + [("launch4", peer, 0) for peer in PEERS_LAUNCH] * p["launch_trials"])
     c = Cluster.start(max_workers=8, preload=("bgwlab.parallel.examples", "bgwlab.parallel.worker"))
     b = c.connect()
@@ -362,8 +377,12 @@ def run(quick: bool = False, rounds: int | None = None, progress: bool = True, s
             for metric, peer, size in order:
                 if metric == "throughput":
                     n = p["messages"][size]
-                    t0, t1, total = (tp_bgwlab(b, n, size, peer == "bgwlab") if peer.startswith("bgwlab")
-                                      else tp_peer(peer, n, size))
+                    if peer == "bgwlab.mq":
+                        t0, t1, total = tp_bgwlab_mq(b, n, size)
+                    elif peer.startswith("bgwlab"):
+                        t0, t1, total = tp_bgwlab(b, n, size, peer == "bgwlab")
+                    else:
+                        t0, t1, total = tp_peer(peer, n, size)
                     if total != n * size:
                         raise RuntimeError(f"{peer} delivered {total} bytes, not {n * size}")
                     samples.append(dict(metric=metric, peer=peer, size=size, round=k,
@@ -409,13 +428,16 @@ def report(rows) -> tuple[str, list[dict]]:
     """The printed table (ratios to every peer) and the targets."""
     lines = []
     by = {(r["metric"], r["peer"], r["size"]): r for r in rows}
-    head = f"{'metric':<11} {'size':>6} {'peer':<22} {'n':>6} {'median':>11} {'p99':>11}  bgwlab/peer (median; p99)  |  bgwlab.batched/peer"
+    head = (f"{'metric':<11} {'size':>6} {'peer':<22} {'n':>6} {'median':>11} {'p99':>11}  "
+            "bgwlab/peer (median; p99)  |  bgwlab.batched/peer  |  bgwlab.mq/peer")
     lines.append(head)
     lines.append("-" * len(head))
     order = {"throughput": 0, "round_trip": 1, "launch4": 2}
-    rows = sorted(rows, key=lambda r: (order[r["metric"]], r["size"], not r["peer"].startswith("bgwlab"), r["peer"]))
+    rows = sorted(rows, key=lambda r: (order[r["metric"]], r["size"], not r["peer"].startswith("bgwlab"),
+                                       r["peer"]))
     for r in rows:
-        mines = ["bgwlab.attach"] if r["metric"] == "launch4" else ["bgwlab", "bgwlab.batched"]
+        mines = (["bgwlab.attach"] if r["metric"] == "launch4"
+                 else ["bgwlab", "bgwlab.batched", "bgwlab.mq"] if r["metric"] == "throughput" else ["bgwlab"])
         ratios = []
         for mine in mines:
             b = by.get((r["metric"], mine, r["size"]))
@@ -438,7 +460,9 @@ def report(rows) -> tuple[str, list[dict]]:
         return by[(m, p, s)]["median"] if (m, p, s) in by else float("nan")
 
     targets = []
-    for mine, how in (("bgwlab", "flush per message"), ("bgwlab.batched", "PG tuple-queue flush")):
+    for mine, how in (("bgwlab", "ParallelContext, flush per message"),
+                      ("bgwlab.batched", "ParallelContext, PG tuple-queue flush"),
+                      ("bgwlab.mq", "the bare queue, flush per message")):
         targets.append(dict(target=f"throughput 8 KiB >= 1.5x mp.Pipe ({how})",
                             value=med("throughput", mine, 8192) / med("throughput", "mp_pipe", 8192),
                             goal=1.5, unit="x", higher_is_better=True))
@@ -456,7 +480,7 @@ def report(rows) -> tuple[str, list[dict]]:
     for t in targets:
         ok = t["value"] >= t["goal"] if t["higher_is_better"] else t["value"] <= t["goal"]
         t["met"] = bool(ok)
-        lines.append(f"  {t['target']:<58} {t['value']:.2f} {t['unit']:<5} {'met' if ok else 'MISSED'}")
+        lines.append(f"  {t['target']:<66} {t['value']:.2f} {t['unit']:<5} {'met' if ok else 'MISSED'}")
     return "\n".join(lines), targets
 
 

@@ -21,7 +21,7 @@ from bgwlab.parallel import dsm
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "bench_parallel.py"
-TP_PEERS = ["bgwlab", "bgwlab.batched", "mp_pipe", "mp_queue", "os_pipe"]
+TP_PEERS = ["bgwlab", "bgwlab.batched", "bgwlab.mq", "mp_pipe", "mp_queue", "os_pipe"]
 RT_PEERS = ["bgwlab", "mp_pipe", "mp_queue", "os_pipe"]
 LAUNCH_PEERS = ["bgwlab.attach", "bgwlab.first_message", "mp_pool", "process_pool_executor"]
 
@@ -59,7 +59,7 @@ def test_it_runs_and_prints_every_row_with_ratios(quick):
                  "before multiprocessing.Pool(4) -> first result"):
         assert what in proc.stdout
     targets = [ln for ln in lines if ln.rstrip().endswith(("met", "MISSED"))]
-    assert len(targets) == 6
+    assert len(targets) == 8
 
 
 def test_it_writes_csv_samples_and_metadata(quick):

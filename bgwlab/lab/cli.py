@@ -106,11 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
               matrix     every scenario x every strategy (is any strategy ever wrong?)
               death      how fast a registrant learns a running worker exited:
                          SIGUSR1 (wait_for_shutdown) vs pidfd vs polling
+              parallel   a toy Gather (issue 13): time to the first message, the
+                         result or the error vs nworkers, idle and busy
             or a scenario (see `bgwlab list`): ok, fork_failure, early_crash, slow_start,
             busy, slot_exhaustion, postmaster_death -- run against --strategies x
             --timeouts x --load for --trials each, in a shuffled (seeded) order."""),
         epilog="example: bgwlab experiment slow_start --timeouts 0.05,0.1,0.2,0.4 --trials 10")
-    exp.add_argument("name", metavar="NAME", help="headline | matrix | death | a scenario name")
+    exp.add_argument("name", metavar="NAME", help="headline | matrix | death | parallel | a scenario name")
     exp.add_argument("--timeouts", type=_floats, default=None, metavar="T1,T2,...",
                      help="timeouts T in seconds for the timeout strategy (default 0.005 ... 0.5)")
     exp.add_argument("--load", type=_names, default=None, metavar="L1,L2",

@@ -170,7 +170,11 @@ KEY_TO_WORKER, KEY_TO_LEADER = 1, 2
 
 def mq_echo(main_arg: int) -> None:
     """Receive on queue 1, send the same bytes back on queue 2, until either is detached.
-    A plain bgwlab entry point; `extra` is the segment's name.  Worker only."""
+    A plain bgwlab entry point; `extra` is the segment's name.  Worker only.
+
+    With ``main_arg`` = messages << 32 | size (non-zero), send that many messages of that
+    size on queue 2 instead (as ``blast`` does: the first carries the send time) -- the bare
+    queue's throughput, without a ParallelContext around it."""
     from .. import worker as bgw
     from . import dsm
     from .latch import WorkerLatch
@@ -188,6 +192,17 @@ def mq_echo(main_arg: int) -> None:
         queues.append(tx)
         rx.set_receiver()
         tx.set_sender()
+        if main_arg:
+            import time
+
+            n, size = main_arg >> 32, main_arg & 0xFFFFFFFF
+            body = bytes(size)
+            if n and tx.send(STAMP.pack(time.monotonic_ns()) + body[STAMP.size:]) is not SUCCESS:
+                return
+            for _ in range(n - 1):
+                if tx.send(body) is not SUCCESS:
+                    return
+            return
         while True:
             res, msg = rx.receive()
             if res is not SUCCESS or tx.send(msg) is not SUCCESS:
@@ -206,7 +221,7 @@ class MqEcho:
     ``round_trip(msg)`` sends `msg` and returns what comes back.  Leader only; a context
     manager that detaches, waits for the worker and frees the segment."""
 
-    def __init__(self, backend, ring: int = 65536):
+    def __init__(self, backend, ring: int = 65536, main_arg: int = 0):
         from .. import NEVER_RESTART, WorkerSpec
         from . import dsm
         from .latch import LeaderLatch
@@ -238,7 +253,7 @@ class MqEcho:
             self.rx.set_receiver()
             self.handle = backend.register_dynamic_worker(WorkerSpec(
                 name="mq echo", entry="bgwlab.parallel.examples:mq_echo", restart=NEVER_RESTART,
-                extra=self.segment.name.encode()))
+                main_arg=main_arg, extra=self.segment.name.encode()))
             self.tx.set_handle(self.handle)
             self.rx.set_handle(self.handle)
         except BaseException:
@@ -254,6 +269,13 @@ class MqEcho:
         if res is not SUCCESS:
             raise RuntimeError("the echo worker detached")
         return back
+
+    def receive(self) -> bytes | None:
+        """The next message from the worker, or None once it has detached."""
+        from .mq import SUCCESS
+
+        res, msg = self.rx.receive()
+        return msg if res is SUCCESS else None
 
     def close(self) -> None:
         for q in self.queues:

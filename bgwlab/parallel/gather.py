@@ -73,8 +73,9 @@ def run_gather(backend, rows: int, nworkers: int, *, batch: int = 1000, queue_si
     total = 0
     t0 = time.monotonic_ns()
     try:
-        with ParallelContext(backend, ENTRY, nworkers, payload=gather_plan(rows, shares, batch, fail_after, fail_worker),
-                             queue_size=queue_size, faults=faults) as pcxt:
+        payload = gather_plan(rows, shares, batch, fail_after, fail_worker)
+        with ParallelContext(backend, ENTRY, nworkers, payload=payload, queue_size=queue_size,
+                             faults=faults) as pcxt:
             res.launched = pcxt.launch()
             res.launch_ms = _ms(t0)
             pcxt.wait_for_attach()
