@@ -114,7 +114,9 @@ print(f"planned {r.planned}, launched {r.launched}; sum {r.total} (serial: {seri
 #
 # `launch()` registers one worker after another and **stops at the first registration
 # that fails** — a full slot array is not an error. Launched workers are numbered
-# 0 … launched − 1, so the leader knows exactly which shares are left for it.
+# 0 … launched − 1, so the leader knows exactly which shares are left for it. (Now and
+# then a sixth worker gets a slot after all: one that finished its share while `launch()`
+# was still registering has freed its slot — in PostgreSQL too.)
 #
 # > **In PostgreSQL** — `LaunchParallelWorkers` sets `any_registrations_failed` at the
 # > first `RegisterDynamicBackgroundWorker` that returns false and registers no more;
@@ -264,8 +266,9 @@ plot_failure_detection(df, ax=ax, timeouts=(T,));
 
 # %% tags=["check", "remove-cell"]
 # Key claims, on this run's data.
-claim((scaling.launched == scaling.planned.clip(upper=SLOTS)).all() and scaling.correct.all(),
-      "launch() launches min(planned, slots) workers, and the answer is right either way")
+claim((scaling.launched >= scaling.planned.clip(upper=SLOTS)).all()
+      and (scaling.launched <= scaling.planned).all() and scaling.correct.all(),
+      "launch() launches what the slots allow, never more than planned, and the answer is right")
 claim(alone.launched == 0 and alone.leader_shares == [0, 1, 2, 3] and alone.correct,
       "with no slot free, the leader runs every share itself and gets the right answer")
 claim(all(isinstance(f.error, ParallelWorkerFailed) and f.failed_worker == 1 for f in failures.values()),
@@ -297,7 +300,7 @@ _c = Cluster.start(max_workers=4, preload=PRELOAD)
 _b = _c.connect()
 _sl = [_b.register_dynamic_worker(WorkerSpec(name=f"s{i}", entry="bgwlab.examples:sleep_forever",
                                              restart=NEVER_RESTART)) for i in range(3)]
-leader_did = run_gather(_b, ROWS, nworkers=4).leader_shares
+leader_did = run_gather(_b, 4 * ROWS, nworkers=4).leader_shares
 for _h in _sl:
     _h.terminate()
     _h.wait_for_shutdown()

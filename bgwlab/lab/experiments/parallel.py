@@ -2,7 +2,8 @@
 
 ``parallel_experiment`` runs the toy Gather (``bgwlab.parallel.gather.run_gather``) on a
 cluster with ``slots`` worker slots (4), for every ``nworkers`` in the grid (0 -- the
-leader alone -- up to more than there are slots, so that launched < planned), idle and
+leader alone -- up to more than there are slots, so that launched < planned, unless a
+worker finishes while launch() still registers and frees its slot), idle and
 busy (``CpuHogs``: 2 spinning processes per CPU), and with failures injected into worker
 1 of 2: ``fork_failure`` (the postmaster's fork fails), ``early_crash`` (the worker dies
 before its code), ``worker_error`` (the worker raises after its first batch).  Cells run
