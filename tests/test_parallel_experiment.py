@@ -78,3 +78,4 @@ def test_every_injected_failure_is_detected_as_the_right_error(run):
         assert r.outcome == expected[r.fault] and r.error_detected
         assert r.failed_worker == 1  # the worker the fault was injected into
         assert r.error_ms > 0 and math.isnan(r.result_ms) and not r.correct
+        assert r.launch_ms <= r.error_ms <= r.closed_ms  # held before the block's cleanup

@@ -12,7 +12,8 @@ leader sees, when:
   from a worker; ``result_ms``: to the answer, every worker finished;
 * ``launch_ms``: to ``launch()`` returning (every worker registered);
 * ``error`` / ``error_ms``: the exception the leader got (``ParallelWorkerFailed``,
-  ``ParallelWorkerError``) and when;
+  ``ParallelWorkerError``) and when it held it (before the block's cleanup);
+* ``closed_ms``: to the end of the block (workers gone, segment freed);
 * ``trace`` (``trace=True``): after every batch received, each worker's data-queue
   counters ``bytes_written`` / ``bytes_read`` with the time.
 
@@ -49,6 +50,7 @@ class GatherResult:
     error: Exception | None = None
     error_ms: float = float("nan")
     launch_ms: float = float("nan")
+    closed_ms: float = float("nan")
     failed_worker: int | None = None
     trace: list = field(default_factory=list)
 
@@ -72,10 +74,10 @@ def run_gather(backend, rows: int, nworkers: int, *, batch: int = 1000, queue_si
     res = GatherResult(planned=nworkers)
     total = 0
     t0 = time.monotonic_ns()
-    try:
-        payload = gather_plan(rows, shares, batch, fail_after, fail_worker)
-        with ParallelContext(backend, ENTRY, nworkers, payload=payload, queue_size=queue_size,
-                             faults=faults) as pcxt:
+    payload = gather_plan(rows, shares, batch, fail_after, fail_worker)
+    with ParallelContext(backend, ENTRY, nworkers, payload=payload, queue_size=queue_size,
+                         faults=faults) as pcxt:
+        try:
             res.launched = pcxt.launch()
             res.launch_ms = _ms(t0)
             pcxt.wait_for_attach()
@@ -97,10 +99,14 @@ def run_gather(backend, rows: int, nworkers: int, *, batch: int = 1000, queue_si
             pcxt.wait_for_finish()
             res.total = total
             res.result_ms = _ms(t0)
-    except (ParallelWorkerFailed, ParallelWorkerError) as e:
-        res.error_ms = _ms(t0)
-        res.error = e
-        res.failed_worker = e.number
+        except (ParallelWorkerFailed, ParallelWorkerError) as e:
+            # The moment the leader holds the error -- before leaving the block, whose
+            # cleanup (terminate the other workers, wait for them, free the segment) is
+            # not part of learning about the failure.
+            res.error_ms = _ms(t0)
+            res.error = e
+            res.failed_worker = e.number
+    res.closed_ms = _ms(t0)
     if res.error is None and check:
         res.correct = res.total == expected_sum(rows)
     return res

@@ -82,10 +82,9 @@ The fence behind ``*_waiting``
 The waiting words need a store-load fence on both sides, which plain loads and stores
 do not give (x86's store buffer lets a load pass an earlier store).  Python has no
 ``pg_memory_barrier``, but any LOCK-prefixed read-modify-write is a full barrier on
-x86-64, whatever address it touches, and an uncontended ``threading.Lock`` acquire +
-release is two of them (CPython's lock is a POSIX semaphore: glibc's ``sem_trywait``
-is a ``lock cmpxchg``, ``sem_post`` a ``lock xadd``).  ``_fence()`` is that, about
-0.1 us.  On other CPUs (``FENCED`` false) the queue keeps the conservative rule: every
+x86-64, whatever address it touches, and acquiring a fresh ``_thread`` lock is one
+(CPython's lock is a POSIX semaphore: glibc's ``sem_trywait`` is a ``lock cmpxchg``).
+``_fence()`` is that, a fraction of a microsecond.  On other CPUs (``FENCED`` false) the queue keeps the conservative rule: every
 publish signals the counterpart, whatever its word says.
 """
 
@@ -94,7 +93,7 @@ from __future__ import annotations
 import enum
 import platform
 import struct
-import threading
+from _thread import allocate_lock as _allocate_lock
 
 from ..procinfo import start_ticks
 from .latch import Peer
@@ -111,12 +110,14 @@ N_WORDS = HEADER_SIZE // 8
 
 # A full fence (see "The fence behind *_waiting"); only trusted on x86-64.
 FENCED = platform.machine().lower() in ("x86_64", "amd64")
-_fence_lock = threading.Lock()
 
 
 def _fence() -> None:
-    _fence_lock.acquire()
-    _fence_lock.release()
+    # Acquiring a *fresh* lock is one LOCK-prefixed compare-exchange.  Never a shared lock:
+    # a signal handler that raises (SIGTERM's Terminated) between its acquire and release
+    # would leave it held, and the next fence -- in the cleanup that follows -- would wait
+    # forever.
+    _allocate_lock().acquire()
 
 
 def maxalign(n: int) -> int:

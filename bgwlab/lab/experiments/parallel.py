@@ -11,7 +11,9 @@ in a shuffled (seeded) order inside each load block.
 
 One row per trial: ``load, trial, case, nworkers, launched, leader_shares, fault,
 outcome, failed_worker, error_detected, correct, launch_ms, first_message_ms, result_ms,
-error_ms`` (every time from before ``ParallelContext(...)``).  ``bgwlab experiment
+error_ms, closed_ms`` (every time from before ``ParallelContext(...)``; ``error_ms`` when
+the leader holds the exception, ``closed_ms`` once the block has terminated the other
+workers, waited for them and freed the segment).  ``bgwlab experiment
 parallel --out DIR`` writes ``parallel.csv``, ``parallel.metadata.json`` and the figures
 ``parallel_times``, ``parallel_launched`` and ``parallel_failures`` (PNG + SVG).
 """
@@ -32,7 +34,7 @@ FAULTS = ("fork_failure", "early_crash", "worker_error")
 PRELOAD = ("bgwlab.parallel.examples", "bgwlab.parallel.worker")
 COLUMNS = ["order", "load", "trial", "case", "nworkers", "launched", "leader_shares", "fault",
            "outcome", "failed_worker", "error_detected", "correct", "launch_ms",
-           "first_message_ms", "result_ms", "error_ms"]
+           "first_message_ms", "result_ms", "error_ms", "closed_ms"]
 
 
 def _fault(name: str):
@@ -59,7 +61,7 @@ def _trial(backend, rows: int, nworkers: int, fault: str) -> dict:
                 error_detected=(r.outcome == expected) if fault != "none" else r.error is None,
                 correct=bool(r.correct) if r.error is None else False,
                 launch_ms=r.launch_ms, first_message_ms=r.first_message_ms,
-                result_ms=r.result_ms, error_ms=r.error_ms)
+                result_ms=r.result_ms, error_ms=r.error_ms, closed_ms=r.closed_ms)
 
 
 def parallel_experiment(quick: bool = False, progress: bool = True, *, trials: int | None = None,
