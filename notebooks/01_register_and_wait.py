@@ -129,7 +129,8 @@ a = backend.register_dynamic_worker(WorkerSpec(name="next-1", entry="bgwlab.exam
 b = backend.register_dynamic_worker(WorkerSpec(name="next-2", entry="bgwlab.examples:sleep_forever"))
 for name, x in [("old", old), ("a", a), ("b", b)]:
     print(f"{name:>3}: slot {x.slot}, generation {x.generation}")
-print("old handle now reads:", old.get_pid(), "| a reads:", a.wait_for_startup())
+print("old handle now reads:", old.get_pid(), "| a reads:", a.wait_for_startup(),
+      "| b reads:", b.wait_for_startup())
 
 # %%
 old.terminate()   # a stale handle: a no-op, it cannot touch the new occupant of its slot

@@ -160,7 +160,8 @@ def test_each_notebook_page_has_its_figures_and_no_errors(book):
         text = page.read_text()
         assert not nb["failed"] and nb["errors"] == 0, nb
         assert 'class="book-error"' not in text, f"{page.name} shows an error output"
-        assert "Traceback (most recent call last)" not in text, page.name
+        # (no text search for "Traceback": notebook 11 prints a worker's traceback on
+        # purpose -- PostgreSQL's error queue; error outputs are what the two checks above count)
         # Every figure the executed notebook drew is in the page, as data.
         assert embedded_images(page) == nb["figures"], (page.name, nb)
         assert nb["figures"] >= 1 or nb["widgets"] >= 1, f"{page.name}: no figure, no widget"
