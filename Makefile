@@ -99,9 +99,11 @@ stress:
 
 bench: setup
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/bench_parallel.py
 
 bench-quick: setup
 	$(PY) benchmarks/run.py --quick
+	$(PY) benchmarks/bench_parallel.py --quick
 
 bench-tail: setup  # root only: the start tail under ftrace's scheduler events
 	$(PY) benchmarks/tail_trace.py --rounds 300 --out data/bench

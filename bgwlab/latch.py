@@ -366,6 +366,13 @@ class SignalDispatcher:
         self._latches = set()
         self._lock = threading.Lock()
         self._thread = None
+        if self._w >= 0:  # the child's signals must not land in the parent's pipe
+            try:
+                old = signal.set_wakeup_fd(-1)
+                if old != self._w:
+                    signal.set_wakeup_fd(old, warn_on_full_buffer=False)  # not ours: leave it
+            except ValueError:
+                pass  # forked from another thread: only the main thread may change it
 
 
 dispatcher = SignalDispatcher()
