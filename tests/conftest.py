@@ -242,3 +242,14 @@ def backend(cluster):
     b = cluster.connect()
     yield b
     b.detach()
+
+
+def our_segments(names) -> set:
+    """The /dev/shm segments among `names` that this test run made: their leader is this
+    process or a descendant, or is gone (a leader a test killed).  /dev/shm is the
+    machine's: the live segments of another run on the same machine are not ours."""
+    from bgwlab.parallel import dsm
+
+    me = psutil.Process()
+    family = {me.pid} | {p.pid for p in me.children(recursive=True)}
+    return {n for n in names if (lambda pid: pid in family or not psutil.pid_exists(pid))(dsm.parse_name(n)[0])}

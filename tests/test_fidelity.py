@@ -295,6 +295,7 @@ def test_get_pid_reads_not_yet_started_while_a_failed_fork_awaits_its_retry(clus
     forked = wait_for_event(cluster, h, "forked")
     assert forked.detail["worker_pid"] == pid
     assert forked.t_ns >= failed.t_ns + interval * SEC, "retried before its restart interval"
+    wait_for_event(cluster, h, "notified")  # logged just after the signal that woke us
     notified = events_of(cluster, h, "notified")
     assert [e.detail["reason"] for e in notified] == ["forked"], h.explain()  # none for the failure
     assert not events_of(cluster, h, "unregistered")

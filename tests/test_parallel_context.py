@@ -11,7 +11,7 @@ from bgwlab.parallel import (LeaderDetached, ParallelContext, ParallelWorkerErro
                              ParallelWorkerFailed)
 from bgwlab.parallel import dsm
 from bgwlab.parallel import examples as ex
-from conftest import wait_until
+from conftest import wait_until, our_segments
 
 PRELOAD = ("bgwlab.examples", "bgwlab.parallel.examples", "bgwlab.parallel.worker")
 E = "bgwlab.parallel.examples:"
@@ -21,7 +21,7 @@ E = "bgwlab.parallel.examples:"
 def no_segment_left():
     before = set(dsm.list_segments())
     yield
-    wait_until(lambda: not set(dsm.list_segments()) - before, 10, "no segment left in /dev/shm")
+    wait_until(lambda: not our_segments(set(dsm.list_segments()) - before), 10, "no segment left in /dev/shm")
 
 
 @pytest.fixture

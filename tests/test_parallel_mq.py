@@ -22,7 +22,7 @@ from bgwlab.parallel import examples as ex
 from bgwlab.parallel.latch import LeaderLatch
 from bgwlab.parallel.mq import DETACHED, SUCCESS, WOULD_BLOCK, MessageQueue, mq_create, queue_size_for
 from bgwlab.parallel.toc import Toc
-from conftest import wait_until
+from conftest import wait_until, our_segments
 
 PRELOAD = ("bgwlab.examples", "bgwlab.parallel.examples", "bgwlab.parallel.worker")
 
@@ -31,7 +31,7 @@ PRELOAD = ("bgwlab.examples", "bgwlab.parallel.examples", "bgwlab.parallel.worke
 def no_segment_left():
     before = set(dsm.list_segments())
     yield
-    wait_until(lambda: not set(dsm.list_segments()) - before, 10, "no segment left in /dev/shm")
+    wait_until(lambda: not our_segments(set(dsm.list_segments()) - before), 10, "no segment left in /dev/shm")
 
 
 @pytest.fixture

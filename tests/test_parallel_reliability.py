@@ -16,7 +16,7 @@ import pytest
 from bgwlab import Cluster, HandleStatus, PostmasterDied
 from bgwlab.parallel import ParallelContext, ParallelWorkerError
 from bgwlab.parallel import dsm
-from conftest import wait_until
+from conftest import wait_until, our_segments
 
 PRELOAD = ("bgwlab.examples", "bgwlab.parallel.examples", "bgwlab.parallel.worker")
 E = "bgwlab.parallel.examples:"
@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def no_segment_left():
     before = set(dsm.list_segments())
     yield
-    wait_until(lambda: not set(dsm.list_segments()) - before, 10, "no segment left in /dev/shm")
+    wait_until(lambda: not our_segments(set(dsm.list_segments()) - before), 10, "no segment left in /dev/shm")
 
 
 @pytest.fixture
