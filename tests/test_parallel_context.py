@@ -6,33 +6,19 @@ import errno
 
 import pytest
 
-from bgwlab import NEVER_RESTART, Cluster, Fault, HandleStatus, WorkerSpec
+from bgwlab import NEVER_RESTART, Fault, HandleStatus, WorkerSpec
 from bgwlab.parallel import (LeaderDetached, ParallelContext, ParallelWorkerError,
                              ParallelWorkerFailed)
 from bgwlab.parallel import dsm
 from bgwlab.parallel import examples as ex
-from conftest import wait_until, our_segments
+from conftest import wait_until
+from parallel_support import PRELOAD, E, cluster_and_backend, no_segment_left  # noqa: F401
 
-PRELOAD = ("bgwlab.examples", "bgwlab.parallel.examples", "bgwlab.parallel.worker")
-E = "bgwlab.parallel.examples:"
-
-
-@pytest.fixture(autouse=True)
-def no_segment_left():
-    before = set(dsm.list_segments())
-    yield
-    wait_until(lambda: not our_segments(set(dsm.list_segments()) - before), 10, "no segment left in /dev/shm")
 
 
 @pytest.fixture
 def pb():
-    c = Cluster.start(max_workers=6, preload=PRELOAD)
-    b = c.connect()
-    try:
-        yield c, b
-    finally:
-        b.detach()
-        c.stop()
+    yield from cluster_and_backend(6)
 
 
 def all_stopped(pcxt) -> bool:

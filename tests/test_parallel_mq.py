@@ -22,29 +22,14 @@ from bgwlab.parallel import examples as ex
 from bgwlab.parallel.latch import LeaderLatch
 from bgwlab.parallel.mq import DETACHED, SUCCESS, WOULD_BLOCK, MessageQueue, mq_create, queue_size_for
 from bgwlab.parallel.toc import Toc
-from conftest import wait_until, our_segments
+from conftest import wait_until
+from parallel_support import PRELOAD, E, cluster_and_backend, no_segment_left  # noqa: F401
 
-PRELOAD = ("bgwlab.examples", "bgwlab.parallel.examples", "bgwlab.parallel.worker")
-
-
-@pytest.fixture(autouse=True)
-def no_segment_left():
-    before = set(dsm.list_segments())
-    yield
-    wait_until(lambda: not our_segments(set(dsm.list_segments()) - before), 10, "no segment left in /dev/shm")
 
 
 @pytest.fixture
 def peer_cluster():
-    from bgwlab import Cluster
-
-    c = Cluster.start(max_workers=4, preload=PRELOAD)
-    b = c.connect()
-    try:
-        yield c, b
-    finally:
-        b.detach()
-        c.stop()
+    yield from cluster_and_backend(4)
 
 
 class Pair:

@@ -16,29 +16,15 @@ import pytest
 from bgwlab import Cluster, HandleStatus, PostmasterDied
 from bgwlab.parallel import ParallelContext, ParallelWorkerError
 from bgwlab.parallel import dsm
-from conftest import wait_until, our_segments
+from conftest import wait_until
+from parallel_support import PRELOAD, E, cluster_and_backend, no_segment_left  # noqa: F401
 
-PRELOAD = ("bgwlab.examples", "bgwlab.parallel.examples", "bgwlab.parallel.worker")
-E = "bgwlab.parallel.examples:"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(autouse=True)
-def no_segment_left():
-    before = set(dsm.list_segments())
-    yield
-    wait_until(lambda: not our_segments(set(dsm.list_segments()) - before), 10, "no segment left in /dev/shm")
 
 
 @pytest.fixture
 def pb():
-    c = Cluster.start(max_workers=4, preload=PRELOAD)
-    b = c.connect()
-    try:
-        yield c, b
-    finally:
-        b.detach()
-        c.stop()
+    yield from cluster_and_backend(4)
 
 
 def test_a_worker_killed_mid_message_is_an_error_in_the_leader_not_a_hang(pb):

@@ -72,9 +72,8 @@ the ring.  x86-64 (TSO) keeps stores in order and loads in order, which is what
 PostgreSQL's ``pg_write_barrier`` / ``pg_read_barrier`` enforce on weaker CPUs (CPython
 exposes no barrier; bgwlab targets x86-64 here).  Wakeups need no barrier of our own:
 whoever raises a counter then signals, and the signal goes through kernel locks (full
-barriers) before the woken side re-reads.  For the same reason we signal *every* time
-rather than only "if the other side is sleeping": that shortcut (PostgreSQL's
-``maybe_sleeping``) needs a store-load fence that Python cannot issue.
+barriers) before the woken side re-reads.  Signalling only "if the other side may be sleeping"
+(PostgreSQL's ``maybe_sleeping``) needs a store-load fence as well: the next section.
 
 The fence behind ``*_waiting``
 ------------------------------
