@@ -63,6 +63,20 @@ Python gives us no barrier instructions, so ordering comes from three places:
    rejected at once: it is looked at again a little later (``RECHECK_NS``), and only a
    slot that is still inconsistent then is rejected and freed.
 
+4. One store per field.  ``struct.pack_into`` must never write a field another process
+   may be reading: CPython's packer first zeroes the whole struct (``memset``) and then
+   stores the value, so a concurrent reader can see 0 in between.  For ``pid`` a
+   transient 0 reads as "stopped": the postmaster's ``pid = -1`` on accepting a
+   request made a registrant polling at that instant report STOPPED for a worker that
+   then started (issue 16; ``tests/test_shmem_single_store.py`` sees such zeros within
+   milliseconds with ``pack_into``).  So the live scalar fields -- ``state``,
+   ``next_generation``, ``crash_restarts``, ``generation``, ``pid`` -- are read and
+   written through typed memoryviews of the mapping (``_u32``, ``_u64``, ``_i32``):
+   one aligned load or store of the whole value, which x86-64 and arm64 perform
+   atomically.  Every such field sits at an offset aligned to its size (asserted
+   below).  One-byte fields (``in_use``, ``terminate``, the PMSignal flags) are single
+   stores already.
+
 Readers on the registrant side (``get_pid``) read ``generation``, ``in_use``, ``pid``
 and ``generation`` again, and trust the answer only when both generations match the
 handle's; since generations never repeat, a recycled slot can never be mistaken for
@@ -74,7 +88,11 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import sys
 import zlib
+
+if sys.byteorder != "little":  # the layout is little-endian and the typed views are native
+    raise ImportError("bgwlab's shared-memory layout needs a little-endian CPU")
 
 MAGIC = b"BGWLAB\x00\x01"
 LAYOUT_VERSION = 1
@@ -95,7 +113,9 @@ PMSIGNAL_BACKEND_CHANGE = 1  # a backend attached or detached
 N_PMSIGNALS = 2
 STATE_OFF = 8 + 4 * 3  # offset of state within HEADER (after magic, version and the two sizes)
 NEXT_GEN_OFF = 8 + 4 * 5 + 4 + 8  # offset of next_generation within HEADER
+CRASH_RESTARTS_OFF = NEXT_GEN_OFF + 8
 assert HEADER.size == NEXT_GEN_OFF + 16
+assert STATE_OFF % 4 == 0 and NEXT_GEN_OFF % 8 == 0 and CRASH_RESTARTS_OFF % 8 == 0  # one store each
 
 # --- backend table -------------------------------------------------------------------
 # in_use, pid, start_ticks, uid.  Written only by registrants, under the lock.
@@ -131,6 +151,7 @@ SLOT_CRC = struct.Struct("<I")
 SPEC_OFF = SLOT_DYN.size
 CRC_OFF = SPEC_OFF + SLOT_SPEC.size
 SLOT_SIZE = (CRC_OFF + SLOT_CRC.size + 63) // 64 * 64
+GEN_OFF, PID_OFF = 0, 8  # within a slot record: 8- and 4-byte aligned (records are 64-aligned)
 
 NAME_MAX = 95
 ENTRY_MAX = 255
@@ -274,8 +295,15 @@ class Segment:
         self.layout = layout
         self.max_workers = layout.max_workers
         self.max_backends = layout.max_backends
+        # Typed views for the live scalar fields: one aligned load or store each (point 4 of
+        # the module docstring).  layout.size is a whole number of pages, so both casts fit.
+        whole = memoryview(self.mm)[: layout.size]
+        self._u32, self._u64, self._i32 = whole.cast("I"), whole.cast("Q"), whole.cast("i")
+        whole.release()
 
     def close(self) -> None:
+        for view in (self._u32, self._u64, self._i32):
+            view.release()  # exported views would make mmap.close() fail (and leak the mapping)
         try:
             self.mm.close()
         except (BufferError, ValueError):
@@ -292,22 +320,23 @@ class Segment:
         return HEADER.unpack_from(self.mm, 0)
 
     def state(self) -> int:
-        return struct.unpack_from("<I", self.mm, STATE_OFF)[0]
+        return self._u32[STATE_OFF // 4]
 
     def set_state(self, state: int) -> None:
-        """Postmaster only."""
-        struct.pack_into("<I", self.mm, STATE_OFF, state)
+        """Postmaster only.  One store: registrants read it at any time."""
+        self._u32[STATE_OFF // 4] = state
 
     def set_crash_restarts(self, n: int) -> None:
-        """Postmaster only."""
-        struct.pack_into("<Q", self.mm, NEXT_GEN_OFF + 8, n)
+        """Postmaster only.  One store."""
+        self._u64[CRASH_RESTARTS_OFF // 8] = n
 
     def next_generation(self) -> int:
-        return struct.unpack_from("<Q", self.mm, NEXT_GEN_OFF)[0]
+        return self._u64[NEXT_GEN_OFF // 8]
 
     def set_next_generation(self, g: int) -> None:
-        """Registrant holding the lock, or the postmaster while re-seeding after a crash."""
-        struct.pack_into("<Q", self.mm, NEXT_GEN_OFF, g)
+        """Registrant holding the lock, or the postmaster while re-seeding after a crash
+        (which takes no lock: hence one store, never a transient 0)."""
+        self._u64[NEXT_GEN_OFF // 8] = g
 
     def set_pmsignal(self, reason: int) -> None:
         """Any registrant; then signal the postmaster."""
@@ -353,18 +382,24 @@ class Segment:
 
     # -- slots ------------------------------------------------------------------------------
     def generation(self, i: int) -> int:
-        return struct.unpack_from("<Q", self.mm, self.layout.slot_off(i))[0]
+        return self._u64[(self.layout.slot_off(i) + GEN_OFF) // 8]
 
     def pid(self, i: int) -> int:
-        return struct.unpack_from("<i", self.mm, self.layout.slot_off(i) + 8)[0]
+        return self._i32[(self.layout.slot_off(i) + PID_OFF) // 4]
 
     def set_pid(self, i: int, pid: int) -> None:
-        """Postmaster only while in_use; registrant (pid = -1) only while filling a free slot."""
-        struct.pack_into("<i", self.mm, self.layout.slot_off(i) + 8, pid)
+        """Postmaster only while in_use; registrant (pid = -1) only while filling a free slot.
+
+        One store (registrants poll this field): pack_into's zero-then-value would read as
+        a transient "stopped" (pid 0) -- the wrong STOPPED of issue 16.
+        """
+        self._i32[(self.layout.slot_off(i) + PID_OFF) // 4] = pid
 
     def set_generation(self, i: int, g: int) -> None:
-        """Registrant with the lock, while in_use == 0; postmaster when repairing its own slot."""
-        struct.pack_into("<Q", self.mm, self.layout.slot_off(i), g)
+        """Registrant with the lock, while in_use == 0; postmaster when repairing its own
+        slot, while registrants may read it: one store (a transient 0 would not match any
+        handle, which would read STOPPED)."""
+        self._u64[(self.layout.slot_off(i) + GEN_OFF) // 8] = g
 
     def spec_bytes(self, i: int) -> bytes:
         off = self.layout.slot_off(i) + SPEC_OFF
