@@ -19,7 +19,7 @@ import time
 import pytest
 
 from bgwlab import WorkerSpec, shmem
-from bgwlab.backend import STARTED
+from bgwlab.backend import NOT_YET_STARTED, STARTED, STOPPED
 
 READS = 1_000_000  # the engine test's budget: bounded by count, not by time
 
@@ -87,3 +87,21 @@ def test_the_race_is_real_pack_into_zeroes_first(cluster, backend):
         pytest.skip("the race needs the writer and the reader on two CPUs at once")
     reads, wrong = _race(cluster, backend, _pack_into_store, reads_max=10**12, stop_at_first_wrong=True)
     assert wrong > 0, f"pack_into never showed a transient 0 in {reads} reads (60 s): the race test is blind"
+
+
+def test_a_registrant_polling_from_its_registration_on_never_reads_stopped(backend):
+    """End to end, the case of issue 16: the postmaster writes pid = -1 when it accepts the
+    request and the pid when it forks, while the registrant polls get_pid().  The worker
+    cannot stop by itself, so every answer before STARTED must be NOT_YET_STARTED.  (Before
+    the fix, 91 of 2,000 such registrations read STOPPED first on this machine.)"""
+    wrong = []
+    for _ in range(300):
+        h = backend.register_dynamic_worker(WorkerSpec("steady", "bgwlab.examples:sleep_forever"))
+        deadline = time.monotonic() + 30
+        while (answer := h.get_pid())[0] is NOT_YET_STARTED and time.monotonic() < deadline:
+            pass
+        if answer[0] is not STARTED:
+            wrong.append((answer, h.explain()))
+        h.terminate()
+        assert h.wait_for_shutdown(timeout=30) is STOPPED
+    assert not wrong, wrong[:3]
