@@ -14,7 +14,8 @@
 * Notebook 08, how a latch works:
   ``race_demo()`` shows the lost wakeup of a bare signal next to a latch, and
   ``measure_wakeups()`` / ``plot_wakeups()`` measure how fast (and how cheaply) a waiter
-  learns that something happened: eventfd latch, self-pipe latch, pidfd, polling.
+  learns that something happened: eventfd latch, self-pipe latch, pidfd, polling;
+  ``torn_store_demo()`` shows why the word a waiter reads must be written with one store.
 
 Nothing here forks the calling process: helper processes are started with
 ``subprocess`` (fork+exec in C), the only safe way from a multi-threaded Jupyter kernel.
@@ -34,7 +35,7 @@ from pathlib import Path
 __all__ = ["quick_mode", "event_table", "time_until_gone", "wait_for_event", "race_demo",
            "measure_wakeups", "plot_wakeups", "SIGNAL_MECHANISMS", "EXIT_MECHANISMS",
            "check", "check_value", "predictions", "claim", "load_reference", "REFERENCE_DIR",
-           "ExitWatch"]
+           "ExitWatch", "torn_store_demo"]
 
 
 def quick_mode() -> bool:
@@ -456,3 +457,73 @@ def plot_wakeups(df, ax=None):
     ax.set_title("How fast does a waiter notice? (black bar: median; CPU: median per wait)")
     fig.tight_layout()
     return fig
+
+
+# -- notebook 08, section 4: one store ----------------------------------------------------------
+_STORE_WRITER = r"""
+import mmap, os, struct, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+mm = mmap.mmap(fd, 4096)
+os.close(fd)
+words = memoryview(mm).cast("i")
+print("ready", flush=True)
+if sys.argv[2] == "pack_into":
+    while True:
+        for _ in range(1000):
+            struct.pack_into("<i", mm, 8, -1)   # what bgwlab's set_pid did before issue 16
+else:
+    while True:
+        for _ in range(1000):
+            words[2] = -1                       # one aligned 4-byte store
+"""
+
+STORE_METHODS = ("struct.pack_into", "one store (memoryview)")
+
+
+def torn_store_demo(seconds: float = 0.5):
+    """Another process rewrites ``pid = -1`` (the value already there) as fast as it can,
+    first with ``struct.pack_into``, then with one typed store, while this process reads
+    the word; each read of 0 is a moment when a registrant would have been told STOPPED.
+
+    Returns a DataFrame: method, reads, zeros (reads that saw 0), zeros_per_million.
+    The writer is started with ``subprocess`` and killed and reaped before returning.
+    """
+    import mmap
+    import tempfile
+
+    import pandas as pd
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bgwlab-store-") as d:
+        path = os.path.join(d, "word")
+        with open(path, "wb") as f:
+            f.write(b"\0" * 4096)
+        fd = os.open(path, os.O_RDWR)
+        mm = mmap.mmap(fd, 4096)
+        os.close(fd)
+        words = memoryview(mm).cast("i")
+        try:
+            for method, arg in zip(STORE_METHODS, ("pack_into", "one_store")):
+                words[2] = -1
+                p = subprocess.Popen([sys.executable, "-c", _STORE_WRITER, path, arg],
+                                     stdout=subprocess.PIPE, text=True)
+                try:
+                    if p.stdout.readline().strip() != "ready":
+                        raise RuntimeError("the writer process did not start")
+                    reads = zeros = 0
+                    end = time.monotonic() + seconds
+                    while time.monotonic() < end:
+                        for _ in range(1000):
+                            if words[2] == 0:
+                                zeros += 1
+                        reads += 1000
+                finally:
+                    p.kill()
+                    p.wait()
+                    p.stdout.close()
+                rows.append({"method": method, "reads": reads, "zeros": zeros,
+                             "zeros_per_million": round(zeros / reads * 1e6, 1)})
+        finally:
+            words.release()
+            mm.close()
+    return pd.DataFrame(rows)
