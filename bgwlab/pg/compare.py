@@ -20,9 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -39,50 +37,12 @@ SYSTEMS = ("bgwlab", "postgresql")
 COLORS = {"bgwlab": "tab:blue", "postgresql": "tab:orange"}
 
 
-def _git(*args) -> str | None:
-    try:
-        r = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
-                           cwd=Path(__file__).resolve().parent)
-        return r.stdout.strip() if r.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _metadata(pg: PgSide, bg: BgwlabSide, **settings) -> dict:
-    import datetime
-
-    import bgwlab
-
-    from ..lab.load import cpu_info  # here, not at import: `bgwlab --help` must not need psutil
-
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "postgresql_version": pg.version,
-        "postgresql_bindir": str(pg.server.bindir),
-        "bgwlab_version": bgwlab.__version__,
-        "commit": _git("rev-parse", "HEAD") or "unknown",
-        "commit_dirty": bool(dirty) if dirty is not None else None,
-        "python": platform.python_version(),
-        "machine": platform.node(),
-        "platform": platform.platform(),
-        "cpu_model": _cpu_model(),
-        **cpu_info(),  # cpu_count (the host's), cpu_affinity, cpu_quota, usable_cpus
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "loadavg_start": list(os.getloadavg()),
-        "user_is_root": os.geteuid() == 0,
-        **settings,
-    }
+    """The experiments' run metadata (machine, CPUs, Python, commit, date, load) plus the server's."""
+    from ..lab.experiments.results import run_metadata  # here, not at import: `bgwlab --help`
+    #                                                      must not need psutil or pandas
+    return {"postgresql_version": pg.version, "postgresql_bindir": str(pg.server.bindir),
+            **run_metadata(), **settings}
 
 
 def _cells(timeouts, fork_ok: bool):
