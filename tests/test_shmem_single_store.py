@@ -105,3 +105,15 @@ def test_a_registrant_polling_from_its_registration_on_never_reads_stopped(backe
         h.terminate()
         assert h.wait_for_shutdown(timeout=30) is STOPPED
     assert not wrong, wrong[:3]
+
+
+def test_closing_a_segment_unmaps_it_although_it_holds_typed_views(cluster):
+    """The typed views export the mapping's buffer; close() must release them first, or
+    mmap.close() fails (BufferError, swallowed) and the mapping stays for the process's life."""
+    seg = shmem.Segment(str(cluster.directory / "shmem"))
+    assert seg.state() == shmem.PM_RUNNING
+    seg.close()
+    assert seg.mm.closed
+    with pytest.raises(ValueError):
+        seg.pid(0)  # a released view, not a read of unmapped memory
+    seg.close()  # idempotent
