@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from bgwlab import NEVER_RESTART, Fault, WorkerSpec
 from bgwlab.parallel import dsm, mq as mqmod
 from bgwlab.parallel import examples as ex
-from bgwlab.parallel.latch import LeaderLatch
+from bgwlab.parallel.latch import LATCH_SIZE, LeaderLatch, create_latches, latch_space
 from bgwlab.parallel.mq import DETACHED, SUCCESS, WOULD_BLOCK, MessageQueue, mq_create, queue_size_for
 from bgwlab.parallel.toc import Toc
 from conftest import wait_until
@@ -36,9 +36,11 @@ class Pair:
     """Both ends of one queue in this process (non-blocking use only)."""
 
     def __init__(self, ring: int):
-        self.seg = dsm.Segment.create(queue_size_for(ring))
+        qsize = (queue_size_for(ring) + 63) // 64 * 64
+        self.seg = dsm.Segment.create(qsize + latch_space(1))
         self.ring = mq_create(self.seg.buf, 0, queue_size_for(ring))
-        self.latch = LeaderLatch(None)
+        create_latches(self.seg, qsize, 1)
+        self.latch = LeaderLatch(None, self.seg.buf, qsize)
         self.tx = MessageQueue(self.seg.buf, 0, self.latch)
         self.rx = MessageQueue(self.seg.buf, 0, self.latch)
         self.tx.set_sender()
@@ -147,7 +149,8 @@ def test_protocol_misuse_is_refused():
 
 def test_bad_sizes_are_refused_before_use(monkeypatch):
     seg = dsm.Segment.create(4096)
-    latch = LeaderLatch(None)
+    create_latches(seg, 2048, 1)
+    latch = LeaderLatch(None, seg.buf, 2048)
     try:
         with pytest.raises(ValueError, match="at least"):
             mq_create(seg.buf, 0, 64)
@@ -156,6 +159,17 @@ def test_bad_sizes_are_refused_before_use(monkeypatch):
         with pytest.raises(ValueError, match="does not fit"):
             mq_create(seg.buf, 0, 8192)
         mq_create(seg.buf, 0, 256)
+        stranger = dsm.Segment.create(4096)  # a latch whose record is in another segment
+        try:
+            create_latches(stranger, 64, 1)
+            other = LeaderLatch(None, stranger.buf, 64)
+            wrong = MessageQueue(seg.buf, 0, other)
+            with pytest.raises(ValueError, match="same mapping"):
+                wrong.set_sender()
+            wrong.close()
+            other.close()
+        finally:
+            stranger.destroy()
         q = MessageQueue(seg.buf, 0, latch)
         q.set_sender()
         monkeypatch.setattr(mqmod, "MAX_MESSAGE", 100)
@@ -232,8 +246,9 @@ def start_peer(backend, ring, plan, fault=None):
     """A segment with a plan, one queue and a result area, and a worker on the other end."""
     raw = json.dumps(plan).encode()
     size = 4096 + len(raw) + queue_size_for(ring) + ex.RESULT_SIZE + 256
+    size += latch_space(2) + 64
     seg = dsm.Segment.create(size)
-    toc = Toc.create(seg.buf, ex.PEER_MAGIC, 3)
+    toc = Toc.create(seg.buf, ex.PEER_MAGIC, 4)
     off = toc.allocate(4 + len(raw))
     struct.pack_into("<I", seg.buf, off, len(raw))
     seg.buf[off + 4:off + 4 + len(raw)] = raw
@@ -242,6 +257,9 @@ def start_peer(backend, ring, plan, fault=None):
     mq_create(seg.buf, q_off, queue_size_for(ring))
     toc.insert(ex.KEY_QUEUE, q_off)
     toc.insert(ex.KEY_RESULT, toc.allocate(ex.RESULT_SIZE))
+    l_off = toc.allocate(latch_space(2))
+    create_latches(seg, l_off, 2)  # 0: ours, 1: the peer's
+    toc.insert(ex.KEY_PEER_LATCHES, l_off)
     h = backend.register_dynamic_worker(WorkerSpec(
         name="mq peer", entry="bgwlab.parallel.examples:mq_peer", extra=seg.name.encode(),
         restart=NEVER_RESTART, notify=True, fault=fault))
@@ -270,7 +288,7 @@ def test_across_processes_every_message_arrives_whole_and_in_order(
     plan = dict(role="send" if worker_sends else "receive", sizes=sizes, nowait=peer_nowait,
                 detach_after=stop, partial=partial, seed=seed)
     seg, toc, q_off, h = start_peer(b, ring, plan)
-    latch = LeaderLatch(b)
+    latch = LeaderLatch(b, seg.buf, toc.lookup(ex.KEY_PEER_LATCHES))
     q = MessageQueue(seg.buf, q_off, latch, handle=h)
     try:
         if worker_sends:
@@ -324,7 +342,7 @@ def test_a_receiver_that_detaches_stops_the_sender(peer_cluster, ring, sizes, de
     _c, b = peer_cluster
     seg, toc, q_off, h = start_peer(b, ring, dict(role="send", sizes=sizes, nowait=[False],
                                                   detach_after=None, partial=False, seed=1))
-    latch = LeaderLatch(b)
+    latch = LeaderLatch(b, seg.buf, toc.lookup(ex.KEY_PEER_LATCHES))
     q = MessageQueue(seg.buf, q_off, latch, handle=h)
     try:
         q.set_receiver()
@@ -348,7 +366,7 @@ def test_a_counterpart_that_never_attaches_is_detected_through_its_handle(peer_c
     _c, b = peer_cluster
     seg, toc, q_off, h = start_peer(b, 64, dict(role="send", sizes=[1], nowait=[False],
                                                 detach_after=None, partial=False, seed=0), fault)
-    latch = LeaderLatch(b)
+    latch = LeaderLatch(b, seg.buf, toc.lookup(ex.KEY_PEER_LATCHES))
     q = MessageQueue(seg.buf, q_off, latch)
     try:
         q.set_receiver()
@@ -366,7 +384,7 @@ def test_a_sender_killed_mid_message_gives_detached_not_a_hang(peer_cluster):
     _c, b = peer_cluster
     seg, toc, q_off, h = start_peer(b, 64, dict(role="send", sizes=[100_000], nowait=[False],
                                                 detach_after=None, partial=False, seed=0))
-    latch = LeaderLatch(b)
+    latch = LeaderLatch(b, seg.buf, toc.lookup(ex.KEY_PEER_LATCHES))
     q = MessageQueue(seg.buf, q_off, latch, handle=h)
     try:
         q.set_receiver()

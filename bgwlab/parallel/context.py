@@ -23,9 +23,10 @@ from ..procinfo import start_ticks
 from ..spec import NEVER_RESTART, Fault, WorkerSpec
 from . import dsm
 from .errors import ParallelWorkerError, ParallelWorkerFailed
-from .latch import LeaderLatch
+from .latch import LeaderLatch, create_latches, latch_space
 from .layout import (ERROR_QUEUE_SIZE, FIXED, KEY_DATA_QUEUE, KEY_ENTRYPOINT, KEY_ERROR_QUEUE,
-                     KEY_FIXED, KEY_PAYLOAD, N_KEYS, PARALLEL_MAGIC, Layout, encode_extra)
+                     KEY_FIXED, KEY_LATCHES, KEY_PAYLOAD, N_KEYS, PARALLEL_MAGIC, Layout,
+                     encode_extra)
 from .mq import DETACHED, MAX_MESSAGE, SUCCESS, WOULD_BLOCK, MessageQueue, mq_create
 from .toc import Toc
 
@@ -93,12 +94,12 @@ class ParallelContext:
         self._launched = False
         self._closed = False
         self._queues: list[MessageQueue] = []
+        self._latch = None
         dsm.remove_orphans()  # what leaders killed with SIGKILL left behind
         ring = queue_size & ~7
         self.layout = lay = Layout(nworkers, len(entry), len(payload), ring, ERROR_QUEUE_SIZE)
         self.segment = dsm.Segment.create(lay.size)
         try:
-            self._latch = LeaderLatch(backend)
             self._initialize_dsm(payload)
         except BaseException:
             self._free()
@@ -107,7 +108,7 @@ class ParallelContext:
                             nworkers=nworkers, entry=entry, size=lay.size)
 
     def _initialize_dsm(self, payload: bytes) -> None:
-        """InitializeParallelDSM: toc, fixed state, entry point, payload, queues."""
+        """InitializeParallelDSM: toc, fixed state, entry point, payload, latches, queues."""
         lay, buf = self.layout, self.segment.buf
         toc = Toc.create(buf, PARALLEL_MAGIC, N_KEYS)
         me = os.getpid()
@@ -126,6 +127,10 @@ class ParallelContext:
         toc.insert(KEY_ERROR_QUEUE, err_base)
         data_base = toc.allocate(lay.data_stride * n)
         toc.insert(KEY_DATA_QUEUE, data_base)
+        latch_base = toc.allocate(latch_space(lay.nworkers + 1))
+        create_latches(self.segment, latch_base, lay.nworkers + 1)  # + their FIFOs
+        toc.insert(KEY_LATCHES, latch_base)
+        self._latch = LeaderLatch(self.backend, buf, lay.latch(latch_base, 0))
         self._pending = []
         for i in range(lay.nworkers):
             pair = []
@@ -209,8 +214,10 @@ class ParallelContext:
         return errors
 
     def _wait(self, queues) -> None:
-        fds = [fd for fd in (q.peer_fd for q in queues) if fd >= 0]
-        self._latch.wait(also=fds)
+        by_fd = {q.peer_fd: q for q in queues}
+        by_fd.pop(-1, None)
+        for fd in self._latch.wait(also=list(by_fd)):
+            by_fd[fd]._peer.mark_gone()  # its pidfd is readable: that worker exited
 
     def wait_for_attach(self) -> None:
         """WaitForParallelWorkersToAttach: return once every launched worker has attached to

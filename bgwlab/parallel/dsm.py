@@ -24,6 +24,12 @@ Names and who frees them
 * Removing the name never pulls memory from under a process: mappings stay valid until
   they are unmapped; the kernel frees the pages after the name and the last mapping.
 
+A segment has a family: the named FIFOs of its latches (latch.py),
+``/dev/shm/<segment name>.latch<k>``, mode 0600, made by the leader with the segment
+(``create_fifo``) and removed with it, on the same rule -- by ``destroy``, or by anyone
+once the leader is gone (``remove_if_leader_gone`` removes the whole family,
+``remove_orphans`` every name whose leader is gone).
+
 In PostgreSQL the segment is reference-counted in a control segment (``dsm_attach`` /
 ``dsm_detach``; the last detach destroys it) and a backend that dies uncleanly causes a
 crash-restart that cleans up.  bgwlab's leaders live outside the crash domain (DESIGN
@@ -48,6 +54,7 @@ from ..procinfo import start_ticks
 SHM_DIR = "/dev/shm"
 PREFIX = "bgwlab."
 MAX_SIZE = 1 << 36  # 64 GiB: far beyond any lesson; refuses a corrupt size early
+FIFO_TAG = "latch"  # <segment name>.latch<k>: the FIFO of latch record k
 
 
 def segment_name(leader_pid: int, leader_start: int, token: int) -> str:
@@ -55,10 +62,13 @@ def segment_name(leader_pid: int, leader_start: int, token: int) -> str:
 
 
 def parse_name(name: str) -> tuple[int, int, int] | None:
-    """(leader pid, leader start ticks, token) of one of our names, or None."""
+    """(leader pid, leader start ticks, token) of one of our names -- a segment's, or one
+    of its latch FIFOs' (``<segment name>.latch<k>``) -- or None."""
     if not name.startswith(PREFIX) or "/" in name:
         return None
     parts = name[len(PREFIX):].split(".")
+    if len(parts) == 4 and parts[3].startswith(FIFO_TAG) and parts[3][len(FIFO_TAG):].isdigit():
+        parts = parts[:3]
     if len(parts) != 3:
         return None
     try:
@@ -81,6 +91,13 @@ def _unlink(path: str) -> bool:
         return False
 
 
+def _unlink_family(path: str, fifos: list) -> None:
+    """The segment's name, then its FIFOs' (a finalizer: runs at most once)."""
+    _unlink(path)
+    for name in fifos:
+        _unlink(os.path.join(SHM_DIR, name))
+
+
 class Segment:
     """One process's mapping of a segment.  ``buf`` is the mmap.
 
@@ -93,7 +110,9 @@ class Segment:
         self.buf = mm
         self.size = len(mm)
         self.owner = owner
-        self._finalizer = weakref.finalize(self, _unlink, _path(name)) if owner else None
+        self._fifos: list[str] = []  # names of the FIFOs we made (create_fifo)
+        self._finalizer = (weakref.finalize(self, _unlink_family, _path(name), self._fifos)
+                           if owner else None)
 
     @classmethod
     def create(cls, size: int) -> Segment:
@@ -135,6 +154,18 @@ class Segment:
         finally:
             os.close(fd)
         return cls(name, mm, owner=False)
+
+    def create_fifo(self, tag: str) -> str:
+        """mkfifo ``/dev/shm/<our name>.<tag>``, mode 0600; removed with the segment.
+        Creator only.  Returns the FIFO's name."""
+        if self._finalizer is None or not self._finalizer.alive:
+            raise RuntimeError("only the live creator of a segment may add FIFOs to it")
+        name = f"{self.name}.{tag}"
+        if parse_name(name) is None:
+            raise ValueError(f"bad FIFO tag {tag!r}")
+        self._fifos.append(name)  # first: destroy() removes it even if mkfifo half-failed
+        os.mkfifo(os.path.join(SHM_DIR, name), 0o600)  # EEXIST for any existing name
+        return name
 
     @property
     def token(self) -> int:
@@ -183,7 +214,16 @@ def remove_if_leader_gone(name: str, *, known_gone: bool = False) -> bool:
     pid, start, _token = parsed
     if not known_gone and leader_alive(pid, start):
         return False  # the leader lives: only it may free the segment
-    return _unlink(os.path.join(SHM_DIR, name))
+    removed = _unlink(os.path.join(SHM_DIR, name))
+    if len(name[len(PREFIX):].split(".")) == 3:  # a segment: its FIFOs too (rare path)
+        try:
+            family = [n for n in os.listdir(SHM_DIR) if n.startswith(name + "." + FIFO_TAG)]
+        except OSError:
+            family = []
+        for n in family:
+            if parse_name(n) == parsed:
+                removed = _unlink(os.path.join(SHM_DIR, n)) or removed
+    return removed
 
 
 def remove_orphans() -> list[str]:
@@ -212,7 +252,7 @@ def remove_orphans() -> list[str]:
 
 
 def list_segments() -> list[str]:
-    """Names of every bgwlab segment in /dev/shm (for tests and teaching)."""
+    """Names of every bgwlab segment and latch FIFO in /dev/shm (for tests and teaching)."""
     try:
         return sorted(n for n in os.listdir(SHM_DIR) if parse_name(n) is not None)
     except OSError:

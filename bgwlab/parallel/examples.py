@@ -58,11 +58,19 @@ def do_nothing(worker) -> None:
     """Return at once: a worker that attaches, reports 'X' and exits."""
 
 
+def report_threads(worker) -> None:
+    """Send how many threads this worker process runs (b"1": no helper thread)."""
+    import os
+
+    worker.send(str(len(os.listdir("/proc/self/task"))).encode())
+
+
 # -- a raw queue peer -------------------------------------------------------------------------
 # Segment layout for mq_peer (built by the test): toc with key 1 = plan (JSON, length-prefixed),
-# key 2 = the queue, key 3 = result area (length-prefixed JSON, written by the peer).
-PEER_MAGIC = 0x42475754_00000001
-KEY_PLAN, KEY_QUEUE, KEY_RESULT = 1, 2, 3
+# key 2 = the queue, key 3 = result area (length-prefixed JSON, written by the peer), key 4 =
+# two latch records (0: the test's, 1: the peer's).
+PEER_MAGIC = 0x42475754_00000002
+KEY_PLAN, KEY_QUEUE, KEY_RESULT, KEY_PEER_LATCHES = 1, 2, 3, 4
 RESULT_SIZE = 4096
 
 
@@ -76,13 +84,13 @@ def mq_peer(main_arg: int) -> None:
     """
     from .. import worker as bgw
     from . import dsm
-    from .latch import WorkerLatch
+    from .latch import LATCH_SIZE, WorkerLatch
     from .mq import SUCCESS, MessageQueue
     from .toc import Toc
 
-    latch = WorkerLatch()
     seg = dsm.Segment.attach(bgw.current().extra.decode())
     toc = Toc.attach(seg.buf, PEER_MAGIC)
+    latch = WorkerLatch(seg.buf, toc.lookup(KEY_PEER_LATCHES) + LATCH_SIZE)
     p_off = toc.lookup(KEY_PLAN)
     (n,) = struct.unpack_from("<I", seg.buf, p_off)
     p = json.loads(bytes(seg.buf[p_off + 4:p_off + 4 + n]))
@@ -122,8 +130,8 @@ def mq_peer(main_arg: int) -> None:
         seg.buf[r_off + 4:r_off + 4 + len(data)] = data
         struct.pack_into("<I", seg.buf, r_off, len(data))
         mq.close()
-        seg.close()
         latch.close()
+        seg.close()
 
 
 # -- benchmark peers (benchmarks/bench_parallel.py) --------------------------------------------
@@ -163,9 +171,10 @@ def first_message(worker) -> None:
     worker.send(STAMP.pack(worker.number))
 
 
-# Segment for mq_echo (built by the leader): toc key 1 = leader -> worker queue, key 2 = back.
-ECHO_MAGIC = 0x42475745_00000001
-KEY_TO_WORKER, KEY_TO_LEADER = 1, 2
+# Segment for mq_echo (built by the leader): toc key 1 = leader -> worker queue, key 2 = back,
+# key 3 = two latch records (0: the leader's, 1: the worker's).
+ECHO_MAGIC = 0x42475745_00000002
+KEY_TO_WORKER, KEY_TO_LEADER, KEY_ECHO_LATCHES = 1, 2, 3
 
 
 def mq_echo(main_arg: int) -> None:
@@ -177,15 +186,15 @@ def mq_echo(main_arg: int) -> None:
     queue's throughput, without a ParallelContext around it."""
     from .. import worker as bgw
     from . import dsm
-    from .latch import WorkerLatch
+    from .latch import LATCH_SIZE, WorkerLatch
     from .mq import SUCCESS, MessageQueue
     from .toc import Toc
 
-    latch = WorkerLatch()
     seg = dsm.Segment.attach(bgw.current().extra.decode())
-    queues = []
+    queues, latch = [], None
     try:
         toc = Toc.attach(seg.buf, ECHO_MAGIC)
+        latch = WorkerLatch(seg.buf, toc.lookup(KEY_ECHO_LATCHES) + LATCH_SIZE)
         rx = MessageQueue(seg.buf, toc.lookup(KEY_TO_WORKER), latch)
         queues.append(rx)
         tx = MessageQueue(seg.buf, toc.lookup(KEY_TO_LEADER), latch)
@@ -211,8 +220,9 @@ def mq_echo(main_arg: int) -> None:
         for q in queues:
             q.detach()
             q.close()
+        if latch is not None:
+            latch.close()
         seg.close()
-        latch.close()
 
 
 class MqEcho:
@@ -224,21 +234,26 @@ class MqEcho:
     def __init__(self, backend, ring: int = 65536, main_arg: int = 0):
         from .. import NEVER_RESTART, WorkerSpec
         from . import dsm
-        from .latch import LeaderLatch
+        from .latch import LeaderLatch, create_latches, latch_space
         from .mq import MessageQueue, mq_create, queue_size_for
         from .toc import Toc, TocEstimator, align
 
         est = TocEstimator()
-        est.key(2)
+        est.key(3)
         qsize = align(queue_size_for(ring))
         est.chunk(qsize)
         est.chunk(qsize)
+        est.chunk(latch_space(2))
         self.segment = dsm.Segment.create(est.estimate())
-        self.latch = LeaderLatch(backend)
+        self.latch = None
         self.handle = None
         self.queues = []
         try:
-            toc = Toc.create(self.segment.buf, ECHO_MAGIC, 2)
+            toc = Toc.create(self.segment.buf, ECHO_MAGIC, 3)
+            l_off = toc.allocate(latch_space(2))
+            create_latches(self.segment, l_off, 2)
+            toc.insert(KEY_ECHO_LATCHES, l_off)
+            self.latch = LeaderLatch(backend, self.segment.buf, l_off)
             offs = []
             for key in (KEY_TO_WORKER, KEY_TO_LEADER):
                 off = toc.allocate(qsize)

@@ -1,129 +1,415 @@
-"""The process latch that message-queue waits sleep on (PostgreSQL's ``MyLatch``).
+"""The latch that message-queue waits sleep on (PostgreSQL's ``latch.c``), in the segment.
 
-One per process, shared by every queue of that process, set by SIGUSR1 through
-``bgwlab.latch.dispatcher`` -- from a counterpart that made progress, or from the
-postmaster about a worker handle.  Its waits also end when a *death fd* becomes
-readable: the postmaster's pidfd in a leader, the postmaster-alive pipe in a worker
-(``WL_EXIT_ON_PM_DEATH``).  Two sibling classes, one per side.
+A parallel context's segment holds one *latch record* per participant (the leader's,
+then one per worker) and, next to the segment in ``/dev/shm``, one named FIFO per
+record.  A process owns its record: it alone resets the latch and sleeps on it.  Any
+process of the context sets it -- a counterpart that made progress on a queue.  A set
+costs **no system call at all** unless the owner may be asleep; then it is one
+``write()`` of a byte to the owner's FIFO, which wakes the owner's ``poll()``.  (Before,
+every wakeup was a SIGUSR1: ``pidfd_send_signal``, the kernel's signal delivery, a C
+handler writing a self-pipe, a Python handler, a dispatcher fanning out to eventfds --
+8 to 12 system calls, and a second thread in every worker.)
 
-Protocol of every wait (latch.py's essay): reset, check the shared state, wait; a signal
-that lands after the reset leaves the latch set, so no wakeup is lost.
+Layout of one record (``LATCH_SIZE`` bytes, 64-byte aligned, native u64 words)::
+
+    word 0  is_set          1: set.  Setters store 1 (0 -> 1); only the owner stores 0 (reset)
+    word 1  maybe_sleeping  1 from just before the owner's last look at is_set until it
+                            is back from poll(); only the owner writes it
+    word 2  owner_pid       0 until a process owns the record; the owner stores it last
+                            (after owner_start) and 0 again when it disowns it (close)
+    word 3  owner_start     the owner's start time (clock ticks); informational
+    word 4  name_len        length of the FIFO's name; the creator writes it
+    40 ...  name            ASCII: ``/dev/shm/<name>`` is the record's FIFO; the creator
+                            writes it, before any other process maps the segment;
+                            read-only afterwards
+
+The FIFOs are named ``<segment name>.latch<k>`` and belong to the segment: the leader
+makes them with the segment (``Segment.create_fifo``, mode 0600, ``mkfifo`` never
+follows or reuses a name) and removes them with it -- the segment's rule, "its names
+live exactly as long as its leader" (dsm.py), covers them.
+
+The protocol (PostgreSQL's ``SetLatch`` / ``ResetLatch`` / ``WaitLatch``)
+--------------------------------------------------------------------------
+
+**SetLatch** (``Peer.set_latch``; any process)::
+
+    fence                 (A) our earlier stores (bytes_written, bytes_read, detached)
+                              before our load of is_set
+    if is_set: return     the owner has not reset it yet: it will look at the queues
+    is_set = 1
+    fence                 (B) our store of is_set before our load of maybe_sleeping
+    if not maybe_sleeping: return     the owner will see is_set before it sleeps
+    write(FIFO, 1 byte)   the owner may be in poll(): wake it
+
+**ResetLatch** (owner)::
+
+    is_set = 0
+    fence                 (C) the reset before our next loads of the queues' counters
+
+**WaitLatch** (owner; callers reset, look at the queues, then wait)::
+
+    maybe_sleeping = 1
+    fence                 (D) before our load of is_set
+    if is_set: maybe_sleeping = 0; return
+    poll(FIFO, death fds, the counterparts' pidfds, ...)
+    maybe_sleeping = 0; read the FIFO empty
+
+Why no wakeup is lost.  Two store -> fence -> load pairs (Dekker: with a full fence on
+both sides, at least one side sees the other's store):
+
+* (A)/(C): a setter that stored progress and then read ``is_set = 1`` read it before the
+  owner's reset was visible, so the owner's look at the queues after (C) sees the
+  progress.  Otherwise the setter reads 0 and goes on to set the latch.
+* (B)/(D): either the setter sees ``maybe_sleeping = 1`` and writes the FIFO, or the
+  owner sees ``is_set = 1`` and does not sleep.  A byte written while the owner did not
+  sleep after all stays in the FIFO: its next ``poll()`` returns at once (a spurious
+  wakeup: it looks and waits again), never a missed one.
+
+So a sender streaming to a busy receiver pays one fence and one load per publish; a
+receiver whose latch is already set costs its senders nothing more; four workers
+publishing while their leader sleeps wake it with one byte, not four.
+
+The fence
+---------
+
+The words are read and written through a ``memoryview`` cast to native ``Q``: one
+aligned 8-byte load or store each, never ``struct.pack_into`` (which zeroes a field
+before it stores it: a reader could see a transient 0).  x86-64 (TSO) keeps stores in
+order and loads in order, but lets a load pass an earlier store (the store buffer),
+which is what the four fences above forbid.  Python has no ``pg_memory_barrier``, but
+any LOCK-prefixed read-modify-write is a full barrier on x86-64, whatever address it
+touches, and acquiring a fresh ``_thread`` lock is one (CPython's lock is a POSIX
+semaphore: glibc's ``sem_trywait`` is a ``lock cmpxchg``): ``fence()``, a fraction of a
+microsecond.  On other CPUs (``FENCED`` false) a set always writes the FIFO, whatever
+the words say: correct, only slower.
+
+What else ends a wait
+---------------------
+
+Death fds in the same ``poll()``: the postmaster's pidfd in a leader, the
+postmaster-alive pipe in a worker (``WL_EXIT_ON_PM_DEATH``), and whatever the caller
+adds -- the counterparts' pidfds (a counterpart that died), so nothing hangs.  A leader
+also still hears from the *postmaster* by SIGUSR1 (a worker handle changed: started,
+stopped), through ``bgwlab.latch.dispatcher``: its eventfd is in the same ``poll()``,
+and a notification counts as a set of this latch.  A worker no longer handles SIGUSR1
+at all (it stays ignored, as the engine starts it): its SIGTERM still ends any wait,
+through the engine's wakeup pipe (``drain_fds``).
 """
 
 from __future__ import annotations
 
 import os
-import signal
+import platform
+import stat
+from _thread import allocate_lock as _allocate_lock
 
 from ..errors import PostmasterDied
-from ..latch import Latch, dispatcher
-from ..procinfo import open_pidfd
+from ..latch import EventfdLatch, dispatcher, wait_fds
+from ..procinfo import open_pidfd, start_ticks
+
+LATCH_SIZE = 128
+W_IS_SET, W_MAYBE_SLEEPING, W_OWNER_PID, W_OWNER_START, W_NAME_LEN = range(5)
+NAME_OFF = 40
+NAME_MAX = LATCH_SIZE - NAME_OFF
+SHM_DIR = "/dev/shm"
+
+# A full fence (see "The fence"); only trusted on x86-64.
+FENCED = platform.machine().lower() in ("x86_64", "amd64")
 
 
-class ProcessLatch:
-    """Base: a dispatcher-registered latch plus the fds that mean 'the postmaster died'."""
+def fence() -> None:
+    # Acquiring a *fresh* lock is one LOCK-prefixed compare-exchange.  Never a shared lock:
+    # a signal handler that raises (SIGTERM's Terminated) between its acquire and release
+    # would leave it held, and the next fence -- in the cleanup that follows -- would wait
+    # forever.
+    _allocate_lock().acquire()
+
+
+def latch_space(n: int) -> int:
+    """Bytes for `n` latch records."""
+    return n * LATCH_SIZE
+
+
+def create_latches(segment, offset: int, n: int) -> list[int]:
+    """Lay out `n` latch records at `offset` of `segment` and make their FIFOs.  The
+    segment's creator only, before any other process maps it.  Returns the records'
+    offsets (record k's FIFO is ``<segment name>.latch<k>``)."""
+    if offset % 64 or offset <= 0 or offset + n * LATCH_SIZE > len(segment.buf):
+        raise ValueError("latch records must be 64-byte aligned, after offset 0, inside the segment")
+    offs = []
+    for k in range(n):
+        off = offset + k * LATCH_SIZE
+        name = segment.create_fifo(f"latch{k}").encode("ascii")
+        if len(name) > NAME_MAX:
+            raise ValueError(f"FIFO name too long for a latch record: {name!r}")
+        words = memoryview(segment.buf)[off:off + NAME_OFF].cast("Q")
+        try:
+            for i in range(NAME_OFF // 8):
+                words[i] = 0
+            words[W_NAME_LEN] = len(name)
+        finally:
+            words.release()
+        segment.buf[off + NAME_OFF:off + NAME_OFF + len(name)] = name
+        offs.append(off)
+    return offs
+
+
+def _record_name(buf, offset: int) -> str:
+    if offset <= 0 or offset % 64 or offset + LATCH_SIZE > len(buf):
+        raise ValueError(f"no latch record can be at offset {offset}")
+    n = int.from_bytes(buf[offset + W_NAME_LEN * 8:offset + W_NAME_LEN * 8 + 8], "little")
+    if not 0 < n <= NAME_MAX:
+        raise ValueError("corrupt latch record (name length)")
+    name = bytes(buf[offset + NAME_OFF:offset + NAME_OFF + n]).decode("ascii")
+    if "/" in name or not name.startswith("bgwlab."):
+        raise ValueError(f"corrupt latch record (FIFO name {name!r})")
+    return name
+
+
+def _check_private_fifo(fd: int, name: str) -> None:
+    st = os.fstat(fd)
+    if not stat.S_ISFIFO(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise PermissionError(f"{name} is not a private FIFO of this user")
+
+
+def _drain(fd: int) -> None:
+    try:
+        while len(os.read(fd, 4096)) == 4096:
+            pass
+    except OSError:
+        pass
+
+
+class SharedLatch:
+    """This process's latch: its record in a segment and the read end of its FIFO.
+
+    Owner only (the process that made the object), from one thread at a time.  The
+    record must lie in the same mapping as the queues that use it.
+    """
 
     death_fds: tuple = ()
     drain_fds: tuple = ()
 
-    def __init__(self):
-        self._latch = Latch()
-        dispatcher.add(self._latch)
+    def __init__(self, buf, offset: int):
+        self.name = _record_name(buf, offset)
+        # O_RDWR, not O_RDONLY: we stay a writer of our own FIFO, so its read end never
+        # reports POLLHUP after a setter closes its end (poll() would return at once,
+        # forever), and set() from another thread of ours needs no second fd.
+        fd = os.open(os.path.join(SHM_DIR, self.name),
+                     os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            _check_private_fifo(fd, self.name)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd  # the FIFO (read end): in every poll() of ours
+        self.buf, self.offset = buf, offset
+        self._w = memoryview(buf)[offset:offset + NAME_OFF].cast("Q")
+        me = os.getpid()
+        self._w[W_OWNER_START] = start_ticks(me) or 0
+        self._w[W_OWNER_PID] = me  # OwnLatch: last, once the FIFO's read end is open
 
+    # -- the owner's side ----------------------------------------------------------------
     def reset(self) -> None:
-        self._latch.reset()
-
-    def set(self) -> None:
-        self._latch.set()
+        """ResetLatch.  Then look at the shared state, then wait."""
+        self._w[W_IS_SET] = 0
+        fence()  # (C): the reset before the caller's loads of the queues
 
     def wait(self, also=(), timeout: float | None = None) -> list[int]:
         """WaitLatch: sleep until set, one of `also` is readable, or `timeout`.
 
-        Returns the readable fds among `also`.  Raises PostmasterDied if the postmaster
-        is gone.  Any thread of the process that made the latch.
+        Returns the readable fds among `also` ([] when the latch was set).  Raises
+        PostmasterDied if the postmaster is gone.  Owner only.
         """
-        ready = dispatcher.wait(self._latch, timeout, also=(*also, *self.death_fds, *self.drain_fds))
+        w = self._w
+        w[W_MAYBE_SLEEPING] = 1
+        fence()  # (D): our maybe_sleeping before our load of is_set
+        if w[W_IS_SET]:
+            w[W_MAYBE_SLEEPING] = 0
+            return []
+        try:
+            ready = self._poll((self.fd, *also, *self.death_fds, *self.drain_fds), timeout)
+        finally:
+            w[W_MAYBE_SLEEPING] = 0
+        if self.fd in ready:
+            _drain(self.fd)
         for fd in self.drain_fds:
             if fd in ready:
                 _drain(fd)
         self.check_postmaster(ready)
         return [fd for fd in ready if fd in also]
 
-    def check_postmaster(self, ready=None) -> None:
-        from ..latch import wait_fds
+    def _poll(self, fds, timeout):
+        return wait_fds(fds, timeout)
 
+    def set(self) -> None:
+        """SetLatch on our own latch (another thread of ours, say)."""
+        w = self._w
+        fence()
+        if w[W_IS_SET]:
+            return
+        w[W_IS_SET] = 1
+        fence()
+        if FENCED and not w[W_MAYBE_SLEEPING]:
+            return
+        try:
+            os.write(self.fd, b"\0")
+        except OSError:
+            pass  # full: a wakeup is pending anyway
+
+    @property
+    def is_set(self) -> bool:
+        return bool(self._w[W_IS_SET])
+
+    def check_postmaster(self, ready=None) -> None:
         fds = self.death_fds
         if fds and any(fd in (ready if ready is not None else wait_fds(fds, 0)) for fd in fds):
             raise PostmasterDied("the postmaster died during a parallel operation; start a new "
                                  "cluster")
 
     def close(self) -> None:
-        dispatcher.remove(self._latch)
-        self._latch.close()
+        """DisownLatch and close the FIFO's read end (setters then get EPIPE / ENXIO and
+        give up).  The FIFO's name stays: the segment's creator removes it."""
+        if self.fd < 0:
+            return
+        try:
+            self._w[W_OWNER_PID] = 0
+        except ValueError:
+            pass  # the mapping is already gone
+        self._w.release()
+        os.close(self.fd)
+        self.fd = -1
 
 
-class LeaderLatch(ProcessLatch):
-    """A registrant's latch; its death fd is the backend's postmaster pidfd.  Leader only."""
+class LeaderLatch(SharedLatch):
+    """A leader's latch: its record, plus what the postmaster tells a registrant.
 
-    def __init__(self, backend=None):
-        super().__init__()
+    The postmaster's notifications (a worker handle changed) still arrive by SIGUSR1,
+    through the dispatcher, which sets an eventfd; that eventfd is in our ``poll()`` and
+    counts as a set of this latch.  The death fd is the backend's postmaster pidfd.
+    Leader only.
+    """
+
+    def __init__(self, backend, buf, offset: int):
+        super().__init__(buf, offset)
+        self._ev = None
         pm_fd = getattr(backend, "_pm_fd", -1) if backend is not None else -1
         self.death_fds = (pm_fd,) if pm_fd >= 0 else ()
+        if backend is not None:
+            self._ev = EventfdLatch()
+            dispatcher.add(self._ev)
+
+    def _poll(self, fds, timeout):
+        ev = self._ev
+        if ev is None:
+            return wait_fds(fds, timeout)
+        ready = dispatcher.wait(ev, timeout, also=fds)  # also drains the signal pipe (main thread)
+        if ev.fileno() in ready:
+            ev.reset()
+            self._w[W_IS_SET] = 1  # a notification is a set: the caller resets and looks
+        return ready
+
+    def close(self) -> None:
+        if self._ev is not None:
+            dispatcher.remove(self._ev)
+            self._ev.close()
+            self._ev = None
+        super().close()
 
 
-class WorkerLatch(ProcessLatch):
-    """A worker's latch.  Worker only, from its main thread, *before* it publishes its pid
-    anywhere: installs SIGUSR1 handling (a worker starts with SIGUSR1 at its default
-    action, which would kill it -- PostgreSQL's BackgroundWorkerMain does the same)."""
+class WorkerLatch(SharedLatch):
+    """A worker's latch.  Worker only.  Its death fd is the postmaster-alive pipe; the
+    engine's wakeup pipe (SIGTERM) is drained, so that a SIGTERM ends the wait and its
+    handler raises ``Terminated``."""
 
-    def __init__(self):
-        dispatcher.install()
-        super().__init__()
+    def __init__(self, buf, offset: int):
+        super().__init__(buf, offset)
         from .. import worker
 
         self.death_fds = (worker._alive_fd,) if worker._alive_fd >= 0 else ()
-        # The engine's own wakeup pipe (worker.sleep() and SIGTERM): the dispatcher now
-        # forwards every signal byte there, so read it too, or it would stay readable.
         self.drain_fds = (worker._wake_fd,) if worker._wake_fd >= 0 else ()
 
 
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except OSError:
-        pass
-
-
 class Peer:
-    """The counterpart process of a queue: (pid, start ticks) -> a pidfd.
+    """The counterpart process of a queue: (pid, start ticks) -> a pidfd, plus its latch.
 
-    ``set_latch()`` is PostgreSQL's ``SetLatch(&proc->procLatch)``: SIGUSR1 through a
-    pidfd validated against the start time, so a recycled pid is never signalled.  The
-    pidfd is also readable once the process has exited: ``fd`` goes into waits.
+    ``set_latch()`` is PostgreSQL's ``SetLatch(&proc->procLatch)`` on the counterpart's
+    record (the protocol above).  The pidfd, validated against the start time, is
+    readable once that process has exited: ``fd`` goes into waits.
     """
 
-    __slots__ = ("pid", "start", "fd")
+    __slots__ = ("pid", "start", "fd", "_gone", "_w", "_name", "_wfd")
 
-    def __init__(self, pid: int, start: int):
+    def __init__(self, pid: int, start: int, buf=None, latch_offset: int = 0):
         self.pid, self.start = pid, start
         fd = open_pidfd(pid, start)
         self.fd = -1 if fd is None else fd
+        self._gone = self.fd < 0
+        self._w = None
+        self._name = None
+        self._wfd = -1  # the FIFO's write end, opened at the first wakeup that needs it
+        if buf is not None and latch_offset:
+            self._name = _record_name(buf, latch_offset)
+            self._w = memoryview(buf)[latch_offset:latch_offset + NAME_OFF].cast("Q")
 
     @property
     def gone(self) -> bool:
-        from ..latch import wait_fds
+        """Has it exited?  One poll() until the answer is yes, then none."""
+        if not self._gone and wait_fds([self.fd], 0):
+            self._gone = True
+        return self._gone
 
-        return self.fd < 0 or bool(wait_fds([self.fd], 0))
+    def mark_gone(self) -> None:
+        """A wait saw our pidfd readable: the process exited."""
+        self._gone = True
 
     def set_latch(self) -> None:
-        if self.fd >= 0:
+        """SetLatch: no system call unless the counterpart may be asleep."""
+        w = self._w
+        if w is None:
+            return
+        if FENCED:
+            fence()  # (A): our stores of progress before our load of is_set
+            if w[W_IS_SET]:
+                return
+            w[W_IS_SET] = 1
+            fence()  # (B): our store of is_set before our load of maybe_sleeping
+            if not w[W_MAYBE_SLEEPING]:
+                return
+        else:
+            w[W_IS_SET] = 1
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wfd < 0:
+            if self._name is None:
+                return
             try:
-                signal.pidfd_send_signal(self.fd, signal.SIGUSR1)
+                fd = os.open(os.path.join(SHM_DIR, self._name),
+                             os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
             except OSError:
-                pass  # exited: its pidfd says so to whoever waits on it
+                # ENXIO: no reader (it closed its latch: it is exiting); ENOENT: the
+                # segment is gone.  Nobody to wake.
+                return
+            try:
+                _check_private_fifo(fd, self._name)
+            except BaseException:
+                os.close(fd)
+                self._name = None
+                raise
+            self._wfd = fd
+        try:
+            os.write(self._wfd, b"\0")
+        except OSError:
+            pass  # EAGAIN: full, a wakeup is pending anyway; EPIPE: its reader closed
 
     def close(self) -> None:
+        if self._w is not None:
+            self._w.release()
+            self._w = None
+        if self._wfd >= 0:
+            os.close(self._wfd)
+            self._wfd = -1
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -7,6 +7,8 @@ PostgreSQL's ``InitializeParallelDSM`` places, through the table of contents (to
     PARALLEL_KEY_PAYLOAD      the leader's bytes for every worker (read-only)
     PARALLEL_KEY_ERROR_QUEUE  nworkers error queues: 'E' + traceback, or 'X' (clean exit)
     PARALLEL_KEY_DATA_QUEUE   nworkers data queues (PostgreSQL's executor tuple queues)
+    PARALLEL_KEY_LATCHES      1 + nworkers latch records (latch.py): the leader's, then
+                              worker i's at 1 + i (PostgreSQL's procLatch lives in PGPROC)
 
 Worker ``i`` sends on queue ``i`` of each array; the leader is the receiver of all of
 them, set before any worker exists.  Written only by the leader, before the first
@@ -17,12 +19,13 @@ from __future__ import annotations
 
 import struct
 
+from .latch import LATCH_SIZE, latch_space
 from .mq import queue_size_for
 from .toc import Toc, TocEstimator, align
 
-PARALLEL_MAGIC = 0x42475750_00000001  # "BGWP", version 1
-KEY_FIXED, KEY_ENTRYPOINT, KEY_PAYLOAD, KEY_ERROR_QUEUE, KEY_DATA_QUEUE = 1, 2, 3, 4, 5
-N_KEYS = 5
+PARALLEL_MAGIC = 0x42475750_00000002  # "BGWP", version 2 (latch records)
+KEY_FIXED, KEY_ENTRYPOINT, KEY_PAYLOAD, KEY_ERROR_QUEUE, KEY_DATA_QUEUE, KEY_LATCHES = 1, 2, 3, 4, 5, 6
+N_KEYS = 6
 ERROR_QUEUE_SIZE = 16384  # PARALLEL_ERROR_QUEUE_SIZE
 # leader_pid, leader_start, nworkers, entry_len, payload_len, error ring, data ring
 FIXED = struct.Struct("<qQIIQQQ")
@@ -41,7 +44,7 @@ class Layout:
         est = TocEstimator()
         est.key(N_KEYS)
         for size in (FIXED.size, entry_len, max(payload_len, 1), self.error_stride * max(nworkers, 1),
-                     self.data_stride * max(nworkers, 1)):
+                     self.data_stride * max(nworkers, 1), latch_space(nworkers + 1)):
             est.chunk(size)
         self.size = est.estimate()
 
@@ -50,6 +53,11 @@ class Layout:
 
     def data_queue(self, base: int, i: int) -> int:
         return base + i * self.data_stride
+
+    @staticmethod
+    def latch(base: int, k: int) -> int:
+        """Latch record k: 0 is the leader's, 1 + i worker i's."""
+        return base + k * LATCH_SIZE
 
 
 def encode_extra(number: int, name: str) -> bytes:
@@ -72,7 +80,11 @@ def read_fixed(toc: Toc, buf) -> dict:
     e_off, p_off = toc.lookup(KEY_ENTRYPOINT), toc.lookup(KEY_PAYLOAD)
     if e_off + entry_len > len(buf) or p_off + payload_len > len(buf):
         raise ValueError("corrupt parallel state (entry or payload outside the segment)")
+    l_off = toc.lookup(KEY_LATCHES)
+    if l_off + latch_space(nworkers + 1) > len(buf):
+        raise ValueError("corrupt parallel state (latch records outside the segment)")
     return dict(leader_pid=pid, leader_start=start, nworkers=nworkers, layout=lay,
                 entry=bytes(buf[e_off:e_off + entry_len]).decode(),
                 payload_off=p_off, payload_len=payload_len,
-                error_base=toc.lookup(KEY_ERROR_QUEUE), data_base=toc.lookup(KEY_DATA_QUEUE))
+                error_base=toc.lookup(KEY_ERROR_QUEUE), data_base=toc.lookup(KEY_DATA_QUEUE),
+                latch_base=l_off)

@@ -4,23 +4,24 @@ Layout of one queue, at a 64-byte aligned offset of a segment (native u64 words)
 
     word 0  bytes_written   total bytes the sender has published; only the sender writes
     word 1  bytes_read      total bytes the receiver has consumed; only the receiver writes
-    word 2  sender_pid      0 until the sender attaches; set once, by the sender
+    word 2  sender_pid      0 until the sender attaches; set once, by the sender, last
     word 3  sender_start    its start time (clock ticks); written before sender_pid
-    word 4  receiver_pid    0 until the receiver attaches; set once, by the receiver
+    word 4  receiver_pid    0 until the receiver attaches; set once, by the receiver, last
     word 5  receiver_start  written before receiver_pid
     word 6  detached        0 -> 1, by either side (or on behalf of a dead counterpart)
     word 7  ring_size       set by the creator; a multiple of 8; never changes
-    word 8  receiver_waiting  0, or a ticket: the receiver found too little to read and may
-                              sleep (a new ticket for every sleep); only it writes
-    word 9  sender_waiting    the same for a sender that found the ring full
+    word 8  receiver_latch  offset, in this segment, of the receiver's latch record
+                            (latch.py); written before receiver_pid, never changes
+    word 9  sender_latch    the same for the sender
     128 ... the ring        ring_size bytes
 
 The protocol (``shm_mq``'s invariants)
 --------------------------------------
 
 * **One sender, one receiver, each set once.**  ``set_sender`` / ``set_receiver`` store
-  the start time, then the pid; a second attempt is refused.  Each side then sets the
-  other's latch, so a counterpart waiting for it to attach re-checks.
+  the start time and the latch record's offset, then the pid, then fence; a second
+  attempt is refused.  Each side then sets the other's latch, so a counterpart waiting
+  for it to attach re-checks.
 * **Counters only grow, and 0 <= bytes_written - bytes_read <= ring_size.**  The
   difference is the unread data, starting at ring offset ``bytes_read % ring_size``.
   The sender may write only the free part of the ring and publishes by raising
@@ -40,20 +41,13 @@ The protocol (``shm_mq``'s invariants)
   message cut short by a detach is never delivered.
 * **Progress sets the counterpart's latch**: the sender's after a complete message (or
   when the ring is full, before it waits), the receiver's when it gives space back (at
-  least a quarter of the ring, or before it waits) -- *if the counterpart may be
-  sleeping* (its ``*_waiting`` word), as PostgreSQL's ``SetLatch`` skips the wakeup when
-  ``maybe_sleeping`` is false.  A side that finds nothing to do first stores its
-  ``*_waiting`` word, then *fences*, then looks at the counter once more, and only then
-  sleeps; the other side raises the counter, fences, then reads the word.  With a full
-  fence on both sides, at least one of them sees the other's store (Dekker): either the
-  sleeper sees the progress and does not sleep, or the progressing side sees the word and
-  signals.  A waiting side clears its word once it finds work.  Every sleep (and every
-  WOULD_BLOCK) stores a *new ticket* before its last look, and the other side signals a
-  ticket once (PostgreSQL's ``is_set``: no second SetLatch for a latch already set): a
-  sender that publishes eight messages while its receiver is still waking signals it
-  once, not eight times.  A side woken by progress that is not yet enough (half a
-  message) sleeps again under a new ticket, so the rest of the message signals it again.
-  Nothing waits by polling.
+  least a quarter of the ring, or before it waits), either side's on detach.  As in
+  PostgreSQL, the queue sets the latch every time and the *latch* decides what that
+  costs (latch.py): nothing but a fence and a load while the counterpart's latch is
+  still set or its owner is awake; one ``write()`` to its FIFO when it may be asleep.
+  A side that finds nothing to do waits the latch way: reset, look, wait
+  (``_wait`` waits then resets, and every caller looks before it waits again), so a
+  set that lands after the look is never lost.  Nothing waits by polling.
 * **A dead counterpart ends every wait.**  Before it attaches: through its worker handle
   (``shm_mq_set_handle``; the postmaster's notification sets our latch when it stops).
   After: through a pidfd of it, validated against its start time, in the same ``poll()``
@@ -66,36 +60,31 @@ Where memory ordering comes from
 
 The words are read and written through a ``memoryview`` cast to native ``Q``: one
 aligned 8-byte load or store each (CPython copies them with a fixed-size ``memcpy``),
-atomic on x86-64 and AArch64, so a counter is never seen torn.  Order: the sender writes
+atomic on x86-64 and AArch64, so a counter is never seen torn -- never with
+``struct.pack_into``, which zeroes a field before storing it.  Order: the sender writes
 ring bytes *then* raises ``bytes_written``; the receiver reads ``bytes_written`` *then*
 the ring.  x86-64 (TSO) keeps stores in order and loads in order, which is what
 PostgreSQL's ``pg_write_barrier`` / ``pg_read_barrier`` enforce on weaker CPUs (CPython
-exposes no barrier; bgwlab targets x86-64 here).  Wakeups need no barrier of our own:
-whoever raises a counter then signals, and the signal goes through kernel locks (full
-barriers) before the woken side re-reads.  Signalling only "if the other side may be sleeping"
-(PostgreSQL's ``maybe_sleeping``) needs a store-load fence as well: the next section.
+exposes no barrier; bgwlab targets x86-64 here).  The store -> load orderings that a
+wakeup needs are full fences (``latch.fence``):
 
-The fence behind ``*_waiting``
-------------------------------
-
-The waiting words need a store-load fence on both sides, which plain loads and stores
-do not give (x86's store buffer lets a load pass an earlier store).  Python has no
-``pg_memory_barrier``, but any LOCK-prefixed read-modify-write is a full barrier on
-x86-64, whatever address it touches, and acquiring a fresh ``_thread`` lock is one
-(CPython's lock is a POSIX semaphore: glibc's ``sem_trywait`` is a ``lock cmpxchg``).
-``_fence()`` is that, a fraction of a microsecond.  On other CPUs (``FENCED`` false) the queue keeps the conservative rule: every
-publish signals the counterpart, whatever its word says.
+* a progressing side raises its counter (or ``detached``), then ``SetLatch`` fences
+  before it loads the counterpart's ``is_set`` (latch.py's fence A); the waiting side's
+  ``ResetLatch`` fences between its store of ``is_set = 0`` and its look at the counter
+  (fence C).  Dekker: one of them sees the other's store.
+* attaching: a side stores its pid, then fences, then looks at the counters and the
+  counterpart's pid; a progressing side that has not found its counterpart yet fences
+  between its counter store and its load of the counterpart's pid.  So either it finds
+  the new counterpart (and sets its latch) or the counterpart sees the progress.
 """
 
 from __future__ import annotations
 
 import enum
-import platform
 import struct
-from _thread import allocate_lock as _allocate_lock
 
 from ..procinfo import start_ticks
-from .latch import Peer
+from .latch import FENCED, Peer, fence as _fence  # noqa: F401  (FENCED: re-exported)
 
 HEADER_SIZE = 128  # 10 words used; the ring stays 64-byte aligned
 MAXALIGN = 8
@@ -104,20 +93,8 @@ MAX_MESSAGE = (1 << 30) - 1  # PostgreSQL's MaxAllocSize
 MIN_RING = 8
 
 (W_WRITTEN, W_READ, W_SENDER, W_SENDER_START, W_RECEIVER, W_RECEIVER_START, W_DETACHED, W_RING,
- W_RECEIVER_WAITING, W_SENDER_WAITING) = range(10)
+ W_RECEIVER_LATCH, W_SENDER_LATCH) = range(10)
 N_WORDS = HEADER_SIZE // 8
-
-# A full fence (see "The fence behind *_waiting"); only trusted on x86-64.
-FENCED = platform.machine().lower() in ("x86_64", "amd64")
-
-
-def _fence() -> None:
-    # Acquiring a *fresh* lock is one LOCK-prefixed compare-exchange.  Never a shared lock:
-    # a signal handler that raises (SIGTERM's Terminated) between its acquire and release
-    # would leave it held, and the next fence -- in the cleanup that follows -- would wait
-    # forever.
-    _allocate_lock().acquire()
-
 
 def maxalign(n: int) -> int:
     return (n + MAXALIGN - 1) & ~(MAXALIGN - 1)
@@ -167,8 +144,9 @@ def mq_create(buf, offset: int, size: int) -> int:
 class MessageQueue:
     """shm_mq_handle: this process's handle on one queue, as its sender or its receiver.
 
-    `latch` is the process's ``ProcessLatch``; `handle` (optional) the ``WorkerHandle`` of
-    the counterpart, if it is a worker we registered.  Not thread-safe: one thread per
+    `latch` is this process's ``SharedLatch`` (latch.py), whose record must lie in the same
+    mapping as the queue; `handle` (optional) the ``WorkerHandle`` of the counterpart, if
+    it is a worker we registered.  Not thread-safe: one thread per
     handle, as in PostgreSQL.
     """
 
@@ -183,6 +161,7 @@ class MessageQueue:
             raise ValueError("corrupt queue header (ring size out of range)")
         self._ring = view[offset + HEADER_SIZE:offset + HEADER_SIZE + ring]
         view.release()
+        self._buf = buf
         self.ring_size = ring
         self.latch = latch
         self.handle = handle
@@ -199,11 +178,6 @@ class MessageQueue:
         self._expected = -1  # payload length, once the length word is read
         self._partial = None  # bytearray(payload length) being filled ...
         self._got = 0  # ... this far
-        # our *_waiting word holds a ticket (we may sleep): cleared once we find work
-        self._rx_waiting = self._tx_waiting = False
-        self._fresh = False  # the ticket in our word was stored for the current sleep
-        self._ticket = 0  # our last ticket
-        self._signalled = 0  # the counterpart's ticket we last signalled
         self._closed = False
 
     # -- observation (any process) -------------------------------------------------------
@@ -237,22 +211,26 @@ class MessageQueue:
     # -- attaching ----------------------------------------------------------------------------
     def set_sender(self) -> None:
         """shm_mq_set_sender + shm_mq_attach: this process is the sender.  Once per queue."""
-        self._set_me(W_SENDER, W_SENDER_START, W_RECEIVER, "sender")
+        self._set_me(W_SENDER, W_SENDER_START, W_SENDER_LATCH, "sender")
         self._written = self._words[W_WRITTEN]
 
     def set_receiver(self) -> None:
         """shm_mq_set_receiver + shm_mq_attach: this process is the receiver.  Once per queue."""
-        self._set_me(W_RECEIVER, W_RECEIVER_START, W_SENDER, "receiver")
+        self._set_me(W_RECEIVER, W_RECEIVER_START, W_RECEIVER_LATCH, "receiver")
         self._read = self._words[W_READ]
 
-    def _set_me(self, w_pid, w_start, w_other, role) -> None:
+    def _set_me(self, w_pid, w_start, w_latch, role) -> None:
         import os
 
         if self.role is not None or self._words[w_pid] != 0:
             raise RuntimeError(f"this queue already has a {role}: each side is set once")
+        if getattr(self.latch, "buf", None) is not self._buf:
+            raise ValueError("the latch's record must lie in the queue's segment (same mapping)")
         me = os.getpid()
         self._words[w_start] = start_ticks(me) or 0
-        self._words[w_pid] = me  # last: a reader that sees the pid sees the start time
+        self._words[w_latch] = self.latch.offset
+        self._words[w_pid] = me  # last: a reader that sees the pid sees the start and latch
+        _fence()  # our pid before our loads of the counters and the counterpart's pid
         self.role = role
         self._find_peer()
         if self._peer is not None:
@@ -265,12 +243,23 @@ class MessageQueue:
     def _find_peer(self) -> Peer | None:
         """The counterpart, once it has attached (opens its pidfd the first time)."""
         if self._peer is None:
-            w_pid, w_start = ((W_RECEIVER, W_RECEIVER_START) if self.role == "sender"
-                              else (W_SENDER, W_SENDER_START))
+            w_pid, w_start, w_latch = ((W_RECEIVER, W_RECEIVER_START, W_RECEIVER_LATCH)
+                                       if self.role == "sender"
+                                       else (W_SENDER, W_SENDER_START, W_SENDER_LATCH))
             pid = self._words[w_pid]
-            if pid:
-                self._peer = Peer(pid, self._words[w_start])
+            if pid:  # TSO: loads in order, so the start and latch stored before it are here
+                self._peer = Peer(pid, self._words[w_start], self._buf, self._words[w_latch])
         return self._peer
+
+    def _set_peer_latch(self) -> None:
+        """SetLatch(counterpart): after a store of progress (a counter, detached)."""
+        peer = self._peer
+        if peer is None:
+            _fence()  # our store of progress before our load of the counterpart's pid
+            peer = self._find_peer()
+            if peer is None:
+                return  # not attached yet: it will look at the counters when it does
+        peer.set_latch()
 
     def _counterparty_gone(self) -> bool:
         """shm_mq_counterparty_gone: detached, or the counterpart is known to be dead."""
@@ -293,9 +282,14 @@ class MessageQueue:
         return False
 
     def _wait(self) -> None:
-        """Sleep on the latch until something may have changed; then reset it."""
+        """Sleep on the latch until something may have changed; then reset it (the caller
+        looks again before it waits again)."""
         fd = self.peer_fd
-        self.latch.wait(also=(fd,) if fd >= 0 else ())
+        if fd >= 0:
+            if self.latch.wait(also=(fd,)):
+                self._peer.mark_gone()  # its pidfd is readable: it exited
+        else:
+            self.latch.wait()
         self.latch.reset()
 
     def wait_for_attach(self) -> MqResult:
@@ -334,9 +328,6 @@ class MessageQueue:
                 off = written % ring
                 if (off + total <= ring and total <= ring - (written - words[W_READ])
                         and n <= MAX_MESSAGE and not words[W_DETACHED]):
-                    if self._tx_waiting:
-                        words[W_SENDER_WAITING] = 0
-                        self._tx_waiting = self._fresh = False
                     buf = self._ring
                     LENGTH_WORD.pack_into(buf, off, n)
                     buf[off + 8:off + 8 + n] = msg
@@ -385,20 +376,15 @@ class MessageQueue:
         return res
 
     def _flush_written(self) -> None:
-        """shm_mq_inc_bytes_written + SetLatch(receiver) if it may be sleeping."""
+        """shm_mq_inc_bytes_written + SetLatch(receiver)."""
         if self._send_pending:
-            words = self._words
-            words[W_WRITTEN] = self._written
+            self._words[W_WRITTEN] = self._written
             self._send_pending = 0
-            if FENCED:
-                _fence()  # our store of bytes_written before our load of receiver_waiting
-                ticket = words[W_RECEIVER_WAITING]
-                if not ticket or ticket == self._signalled:
-                    return  # awake, or already signalled for this sleep
-                self._signalled = ticket
-            peer = self._find_peer()
+            peer = self._peer
             if peer is not None:
-                peer.set_latch()
+                peer.set_latch()  # fences before it loads is_set (latch.py, A)
+            else:
+                self._set_peer_latch()
 
     def _send_bytes(self, data: memoryview, nowait: bool) -> tuple[MqResult, int]:
         """shm_mq_send_bytes: write as much of `data` as fits, waiting for room unless nowait."""
@@ -413,20 +399,10 @@ class MessageQueue:
                 self._flush_written()  # let the receiver see everything before we wait
                 if self._counterparty_gone():
                     return DETACHED, sent
-                if not self._fresh:  # say we may sleep (new ticket), fence, look once more
-                    self._ticket += 1
-                    words[W_SENDER_WAITING] = self._ticket
-                    self._tx_waiting = self._fresh = True
-                    _fence()
-                    continue
-                self._fresh = False  # the next sleep needs a new ticket
                 if nowait:
                     return WOULD_BLOCK, sent
-                self._wait()
+                self._wait()  # then reset: the loop looks again before it waits again
                 continue
-            if self._tx_waiting:
-                words[W_SENDER_WAITING] = 0
-                self._tx_waiting = self._fresh = False
             offset = self._written % size
             now = min(available, size - offset)
             self._ring[offset:offset + now] = data[sent:sent + now]
@@ -459,9 +435,6 @@ class MessageQueue:
                     msg = buf[off + 8:off + 8 + nbytes].tobytes()
                     self._read = read + total
                     self._consume_pending += total
-                    if self._rx_waiting:
-                        self._words[W_RECEIVER_WAITING] = 0
-                        self._rx_waiting = self._fresh = False
                     return SUCCESS, msg
             res, rb, off = self._receive_bytes(8, nowait)
             if res is not SUCCESS:
@@ -497,20 +470,15 @@ class MessageQueue:
         self._consume_pending += n
 
     def _flush_read(self) -> None:
-        """shm_mq_inc_bytes_read + SetLatch(sender) if it may be sleeping."""
+        """shm_mq_inc_bytes_read + SetLatch(sender)."""
         if self._consume_pending:
-            words = self._words
-            words[W_READ] = self._read
+            self._words[W_READ] = self._read
             self._consume_pending = 0
-            if FENCED:
-                _fence()  # our store of bytes_read before our load of sender_waiting
-                ticket = words[W_SENDER_WAITING]
-                if not ticket or ticket == self._signalled:
-                    return  # awake, or already signalled for this sleep
-                self._signalled = ticket
-            peer = self._find_peer()
+            peer = self._peer
             if peer is not None:
-                peer.set_latch()
+                peer.set_latch()  # fences before it loads is_set (latch.py, A)
+            else:
+                self._set_peer_latch()
 
     def _receive_bytes(self, needed: int, nowait: bool) -> tuple[MqResult, int, int]:
         """shm_mq_receive_bytes: wait until `needed` bytes are readable or the ring wraps.
@@ -522,25 +490,15 @@ class MessageQueue:
             used = written - self._read
             offset = self._read % size
             if used >= needed or offset + used >= size:
-                if self._rx_waiting:
-                    words[W_RECEIVER_WAITING] = 0
-                    self._rx_waiting = self._fresh = False
                 return SUCCESS, min(used, size - offset), offset
             self._flush_read()  # give room back before waiting for more
             if words[W_DETACHED] or self._counterparty_gone():
                 if written != words[W_WRITTEN]:
                     continue  # the sender wrote its last bytes and then detached: read them
                 return DETACHED, 0, 0
-            if not self._fresh:  # say we may sleep (new ticket), fence, look once more
-                self._ticket += 1
-                words[W_RECEIVER_WAITING] = self._ticket
-                self._rx_waiting = self._fresh = True
-                _fence()
-                continue
-            self._fresh = False  # the next sleep needs a new ticket
             if nowait:
                 return WOULD_BLOCK, 0, 0
-            self._wait()
+            self._wait()  # then reset: the loop looks again before it waits again
 
     # -- detaching ------------------------------------------------------------------------------
     def detach(self) -> None:
@@ -553,9 +511,7 @@ class MessageQueue:
         elif self.role == "receiver":
             self._flush_read()
         self._words[W_DETACHED] = 1
-        peer = self._find_peer()
-        if peer is not None:
-            peer.set_latch()
+        self._set_peer_latch()
 
     def close(self) -> None:
         """Release this handle (memoryviews, pidfd).  Does not detach."""
@@ -565,6 +521,7 @@ class MessageQueue:
         self._pending_msg = None
         self._ring.release()
         self._words.release()
+        self._buf = None
         if self._peer is not None:
             self._peer.close()
 

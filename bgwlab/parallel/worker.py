@@ -65,20 +65,21 @@ def main(main_arg: int) -> None:
     from .. import worker as bgw
 
     number, name = decode_extra(bgw.current().extra)
-    latch = WorkerLatch()  # SIGUSR1 handling before our pid is in any queue
     try:
         seg = dsm.Segment.attach(name)
     except FileNotFoundError:
         raise SystemExit(1) from None  # the leader is done, or gone: nothing to do
     if seg.token != main_arg:
+        seg.close()
         raise ValueError(f"segment {name} does not carry the token {main_arg:#x} we were given")
-    queues, leader = [], None
+    queues, leader, latch = [], None, None
     try:
         toc = Toc.attach(seg.buf, PARALLEL_MAGIC)
         fixed = read_fixed(toc, seg.buf)
         if not 0 <= number < fixed["nworkers"]:
             raise ValueError(f"worker number {number} is out of range for {name}")
         lay = fixed["layout"]
+        latch = WorkerLatch(seg.buf, lay.latch(fixed["latch_base"], 1 + number))  # before any queue
         error_mq = MessageQueue(seg.buf, lay.error_queue(fixed["error_base"], number), latch,
                                 expect_size=lay.error_stride)
         queues.append(error_mq)
@@ -98,9 +99,10 @@ def main(main_arg: int) -> None:
         known_gone = leader is not None and leader.gone  # its pidfd: exactly that process exited
         if leader is not None:
             leader.close()
+        if latch is not None:
+            latch.close()  # before the unmap: it holds a view of its record
         seg.close()
         dsm.remove_if_leader_gone(name, known_gone=known_gone)  # a killed leader's segment is ours to free
-        latch.close()
 
 
 def _run(entry: str, pw: ParallelWorker, data_mq, error_mq, leader: Peer) -> None:
