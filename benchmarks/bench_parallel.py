@@ -15,7 +15,9 @@ names its two instants:
   once a quarter of the ring is pending, as PostgreSQL's tuple queues do
   (``shm_mq_send(..., force_flush=false)``, PG 15+); ``bgwlab.mq`` is the bare queue: a
   bgwlab worker (``examples.mq_echo``) sends on one shm_mq and the leader calls
-  ``receive()`` (blocking), with no ParallelContext around it.
+  ``receive()`` (blocking), with no ParallelContext around it; ``bgwlab.mq.fork`` is the
+  same queue and code with a plain ``os.fork()`` child of the leader as the sender instead
+  of a bgwlab worker (the two senders, side by side).
   Peers, each in a ``multiprocessing`` fork child: ``Pipe(duplex=False)``
   (``send_bytes``/``recv_bytes``; the kernel's pipe buffer is also 64 KiB), ``Queue``
   (``put``/``get``), and a raw ``os.pipe`` with an 8-byte length prefix.
@@ -63,7 +65,7 @@ STAMP = struct.Struct("<Q")
 HDR = struct.Struct("<Q")
 SIZES = (64, 8192, 1 << 20)
 RING = 65536
-PEERS_TP = ("bgwlab", "bgwlab.batched", "bgwlab.mq", "mp_pipe", "mp_queue", "os_pipe")
+PEERS_TP = ("bgwlab", "bgwlab.batched", "bgwlab.mq", "bgwlab.mq.fork", "mp_pipe", "mp_queue", "os_pipe")
 PEERS_LAUNCH = ("bgwlab.attach", "bgwlab.first_message", "mp_pool", "process_pool_executor")
 CTX = mp.get_context("fork")
 
@@ -196,11 +198,12 @@ def tp_bgwlab(backend, n: int, size: int, flush: bool = True) -> tuple[int, int,
     return STAMP.unpack_from(first)[0], t1, total
 
 
-def tp_bgwlab_mq(backend, n: int, size: int) -> tuple[int, int, int]:
-    """The bare queue: a bgwlab worker sends on one shm_mq, the leader receive()s (blocking)."""
+def tp_bgwlab_mq(backend, n: int, size: int, fork: bool = False) -> tuple[int, int, int]:
+    """The bare queue: a bgwlab worker (or, with fork, a fork child) sends on one shm_mq,
+    the leader receive()s (blocking)."""
     from bgwlab.parallel.examples import MqEcho
 
-    with MqEcho(backend, RING, main_arg=n << 32 | size) as q:
+    with MqEcho(backend, RING, main_arg=n << 32 | size, fork=fork) as q:
         first = q.receive()
         total = len(first)
         for _ in range(n - 1):
@@ -365,7 +368,8 @@ def run(quick: bool = False, rounds: int | None = None, progress: bool = True, s
     rng = random.Random(seed)
     samples = []  # dicts: metric, peer, size, value, unit
     cases = ([("throughput", peer, size) for size in SIZES for peer in PEERS_TP]
-             + [("round_trip", peer, 64) for peer in PEERS_TP if peer not in ("bgwlab.batched", "bgwlab.mq")]
+             + [("round_trip", peer, 64) for peer in PEERS_TP
+                if peer not in ("bgwlab.batched", "bgwlab.mq", "bgwlab.mq.fork")]
              + [("launch4", peer, 0) for peer in PEERS_LAUNCH] * p["launch_trials"])
     c = Cluster.start(max_workers=8, preload=("bgwlab.parallel.examples", "bgwlab.parallel.worker"))
     b = c.connect()
@@ -377,8 +381,8 @@ def run(quick: bool = False, rounds: int | None = None, progress: bool = True, s
             for metric, peer, size in order:
                 if metric == "throughput":
                     n = p["messages"][size]
-                    if peer == "bgwlab.mq":
-                        t0, t1, total = tp_bgwlab_mq(b, n, size)
+                    if peer.startswith("bgwlab.mq"):
+                        t0, t1, total = tp_bgwlab_mq(b, n, size, fork=peer == "bgwlab.mq.fork")
                     elif peer.startswith("bgwlab"):
                         t0, t1, total = tp_bgwlab(b, n, size, peer == "bgwlab")
                     else:

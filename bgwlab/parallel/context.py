@@ -140,6 +140,7 @@ class ParallelContext:
                 mq = MessageQueue(buf, base, self._latch)
                 self._queues.append(mq)
                 mq.set_receiver()  # the leader receives on every queue, from the start
+                mq.pidfd_watched = True  # _wait polls the worker's pidfd for both queues
                 pair.append(mq)
             self._pending.append(pair)
 
@@ -213,11 +214,21 @@ class ParallelContext:
                 break
         return errors
 
-    def _wait(self, queues) -> None:
-        by_fd = {q.peer_fd: q for q in queues}
-        by_fd.pop(-1, None)
+    def _wait(self, workers) -> None:
+        """Sleep on our latch and on the pidfds of `workers` that attached.  A readable
+        pidfd means that worker exited: both its queues learn it here (they are
+        ``pidfd_watched``, so their non-blocking calls do not poll it themselves)."""
+        by_fd = {}
+        for w in workers:
+            fd = w.data_mq.peer_fd
+            if fd < 0:
+                fd = w.error_mq.peer_fd
+            if fd >= 0:
+                by_fd[fd] = w
         for fd in self._latch.wait(also=list(by_fd)):
-            by_fd[fd]._peer.mark_gone()  # its pidfd is readable: that worker exited
+            w = by_fd[fd]
+            w.error_mq.peer_exited()
+            w.data_mq.peer_exited()
 
     def wait_for_attach(self) -> None:
         """WaitForParallelWorkersToAttach: return once every launched worker has attached to
@@ -232,7 +243,7 @@ class ParallelContext:
             pending = [w for w in self.workers if not (w.attached or w.finished)]
             if not pending:
                 return
-            self._wait([w.error_mq for w in pending])
+            self._wait(pending)
 
     def messages(self):
         """Yield (worker number, bytes) until every launched worker has detached its data
@@ -253,7 +264,7 @@ class ParallelContext:
                 raise exc
             if not pending:
                 return
-            self._wait([w.data_mq for w in pending])
+            self._wait(pending)
 
     def _drain(self, w):
         while not w.data_done:
@@ -287,7 +298,7 @@ class ParallelContext:
             if not pending:
                 self.backend.events.emit("parallel_finished", segment=self.segment.name)
                 return
-            self._wait([w.error_mq for w in pending])
+            self._wait(pending)
 
     # -- statistics -----------------------------------------------------------------------------------
     def queue_stats(self) -> list[dict]:

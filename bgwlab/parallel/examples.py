@@ -185,12 +185,18 @@ def mq_echo(main_arg: int) -> None:
     size on queue 2 instead (as ``blast`` does: the first carries the send time) -- the bare
     queue's throughput, without a ParallelContext around it."""
     from .. import worker as bgw
+
+    _echo(bgw.current().extra.decode(), main_arg)
+
+
+def _echo(name: str, main_arg: int) -> None:
+    """mq_echo's body: in a bgwlab worker, or in a plain fork child (``MqEcho(fork=True)``)."""
     from . import dsm
     from .latch import LATCH_SIZE, WorkerLatch
     from .mq import SUCCESS, MessageQueue
     from .toc import Toc
 
-    seg = dsm.Segment.attach(bgw.current().extra.decode())
+    seg = dsm.Segment.attach(name)
     queues, latch = [], None
     try:
         toc = Toc.attach(seg.buf, ECHO_MAGIC)
@@ -229,9 +235,12 @@ class MqEcho:
     """Leader side of ``mq_echo``: a segment with two queues and one worker that echoes.
 
     ``round_trip(msg)`` sends `msg` and returns what comes back.  Leader only; a context
-    manager that detaches, waits for the worker and frees the segment."""
+    manager that detaches, waits for the worker and frees the segment.
 
-    def __init__(self, backend, ring: int = 65536, main_arg: int = 0):
+    ``fork=True``: the other end is a plain ``os.fork()`` child of this process running
+    the same code, not a bgwlab worker -- to compare the two senders on one queue."""
+
+    def __init__(self, backend, ring: int = 65536, main_arg: int = 0, fork: bool = False):
         from .. import NEVER_RESTART, WorkerSpec
         from . import dsm
         from .latch import LeaderLatch, create_latches, latch_space
@@ -247,6 +256,7 @@ class MqEcho:
         self.segment = dsm.Segment.create(est.estimate())
         self.latch = None
         self.handle = None
+        self.child = None  # (pid, pidfd) of the fork child, with fork=True
         self.queues = []
         try:
             toc = Toc.create(self.segment.buf, ECHO_MAGIC, 3)
@@ -266,6 +276,19 @@ class MqEcho:
             self.queues.append(self.rx)
             self.tx.set_sender()
             self.rx.set_receiver()
+            if fork:
+                import os
+
+                pid = os.fork()
+                if pid == 0:  # the child: run the worker's code, never return
+                    code = 1
+                    try:
+                        _echo(self.segment.name, main_arg)
+                        code = 0
+                    finally:
+                        os._exit(code)
+                self.child = (pid, os.pidfd_open(pid))
+                return
             self.handle = backend.register_dynamic_worker(WorkerSpec(
                 name="mq echo", entry="bgwlab.parallel.examples:mq_echo", restart=NEVER_RESTART,
                 main_arg=main_arg, extra=self.segment.name.encode()))
@@ -299,6 +322,17 @@ class MqEcho:
             self.handle.terminate()
             self.handle.wait_for_shutdown()
             self.handle = None
+        if self.child is not None:
+            import os
+            import select
+            import signal
+
+            pid, fd = self.child
+            if not select.select([fd], [], [], 10)[0]:  # detached: it ends at its next wait
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(fd)
+            self.child = None
         for q in self.queues:
             q.close()
         self.queues = []

@@ -165,6 +165,10 @@ class MessageQueue:
         self.ring_size = ring
         self.latch = latch
         self.handle = handle
+        # True if whoever calls the non-blocking methods puts peer_fd in its own waits and
+        # calls peer_exited() when it is readable (ParallelContext does): then a
+        # WOULD_BLOCK costs no poll() of the pidfd.
+        self.pidfd_watched = False
         self.role = None  # "sender" | "receiver"
         self._peer: Peer | None = None
         # sender state (shm_mq_handle): published counter + bytes not yet published
@@ -261,13 +265,17 @@ class MessageQueue:
                 return  # not attached yet: it will look at the counters when it does
         peer.set_latch()
 
-    def _counterparty_gone(self) -> bool:
-        """shm_mq_counterparty_gone: detached, or the counterpart is known to be dead."""
+    def _counterparty_gone(self, look: bool = True) -> bool:
+        """shm_mq_counterparty_gone: detached, or the counterpart is known to be dead.
+
+        `look`: poll() its pidfd now (one system call).  Blocking paths pass False: their
+        wait has the pidfd in its poll() and marks the peer gone when it is readable;
+        so do non-blocking calls when ``pidfd_watched`` says the caller does the same."""
         if self._words[W_DETACHED]:
             return True
         peer = self._find_peer()
         if peer is not None:
-            if peer.gone:
+            if peer._gone or (look and peer.gone):
                 self._words[W_DETACHED] = 1  # make it official
                 return True
             return False
@@ -280,6 +288,11 @@ class MessageQueue:
                     self._words[W_DETACHED] = 1
                     return True
         return False
+
+    def peer_exited(self) -> None:
+        """A wait of the caller's found ``peer_fd`` readable: the counterpart exited."""
+        if self._peer is not None:
+            self._peer.mark_gone()
 
     def _wait(self) -> None:
         """Sleep on the latch until something may have changed; then reset it (the caller
@@ -397,7 +410,7 @@ class MessageQueue:
                 return DETACHED, sent
             if available == 0:
                 self._flush_written()  # let the receiver see everything before we wait
-                if self._counterparty_gone():
+                if self._counterparty_gone(nowait and not self.pidfd_watched):
                     return DETACHED, sent
                 if nowait:
                     return WOULD_BLOCK, sent
@@ -492,7 +505,7 @@ class MessageQueue:
             if used >= needed or offset + used >= size:
                 return SUCCESS, min(used, size - offset), offset
             self._flush_read()  # give room back before waiting for more
-            if words[W_DETACHED] or self._counterparty_gone():
+            if words[W_DETACHED] or self._counterparty_gone(nowait and not self.pidfd_watched):
                 if written != words[W_WRITTEN]:
                     continue  # the sender wrote its last bytes and then detached: read them
                 return DETACHED, 0, 0
