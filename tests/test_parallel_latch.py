@@ -88,15 +88,19 @@ def seg():
     s.destroy()
 
 
-def spin(rng):
+def jitter(rng):
     for _ in range(rng.randrange(0, 300)):
         pass
 
 
-def test_ping_pong_loses_no_wakeup(seg):
+@pytest.mark.parametrize("spin", [False, True], ids=["sleep", "spin-then-sleep"])
+def test_ping_pong_loses_no_wakeup(seg, spin, monkeypatch):
     """Two processes, each sleeping on its own latch, take 3,000 turns; every turn each
     side may find the other awake, asleep, or about to sleep.  A lost wakeup would leave
-    one side asleep until the deadline."""
+    one side asleep until the deadline.  Without the spin every wait goes through the
+    maybe_sleeping protocol; with it, most turns end in the spin."""
+    L.spin_ns()
+    monkeypatch.setattr(L, "_spin_ns", L.SPIN_US * 1000 if spin else 0)  # the child is forked after this
     rounds = 3000
     w = words(seg, COUNTERS)  # w[0] ping (parent -> child), w[1] pong, w[2] child's verdict
     parent, parent_start = os.getpid(), start_ticks(os.getpid())
@@ -111,7 +115,7 @@ def test_ping_pong_loses_no_wakeup(seg):
             if not wait_for(me, lambda: cw[0] >= i, deadline):
                 cw[2] = 2  # lost
                 return 3
-            spin(rng)
+            jitter(rng)
             cw[1] = i
             to_parent.set_latch()
         cw[2] = 1
@@ -130,7 +134,7 @@ def test_ping_pong_loses_no_wakeup(seg):
         for i in range(1, rounds + 1):
             w[0] = i
             to_child.set_latch()
-            spin(rng)
+            jitter(rng)
             assert wait_for(me, lambda: w[1] >= i, deadline), f"lost wakeup at round {i}"
         assert kid.exit_code(DEADLINE) == 0 and w[2] == 1
     finally:

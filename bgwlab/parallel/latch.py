@@ -69,6 +69,27 @@ So a sender streaming to a busy receiver pays one fence and one load per publish
 receiver whose latch is already set costs its senders nothing more; four workers
 publishing while their leader sleeps wake it with one byte, not four.
 
+Spinning first
+--------------
+
+Before it says it may sleep, a wait looks at ``is_set`` for a while (its *spin*).  A
+counterpart that makes progress meanwhile finds ``maybe_sleeping = 0``: it stores
+``is_set = 1`` and makes no system call, and the spinner returns without one either.  A
+sleep and a wakeup cost both processes tens of microseconds (the write, the scheduler,
+poll's return, the drain); between a leader and a worker on two CPUs, the counterpart's
+next step is usually closer than that.  The spin only *reads* a hint: the protocol above
+runs unchanged after it, so it cannot lose a wakeup.
+
+The spin adapts, per latch, as adaptive mutexes do: it starts at ``SPIN_US``
+microseconds (``BGWLAB_LATCH_SPIN_US``; 0, the default, turns it off; never on a single
+CPU), doubles
+(up to that) after a spin that saw the latch set, halves after one that did not, and
+below ``SPIN_MIN_US`` stops -- until ``PROBE_EVERY`` sleeps later, when it tries again.
+So a counterpart that answers within microseconds is met spinning, and one that is idle,
+or that cannot run because the CPUs are busy (a spin would only take its CPU), costs a
+few wasted microseconds now and then.  PostgreSQL's ``WaitLatch`` does not spin (its
+``s_lock`` spinlocks do); this is bgwlab's trade of a little CPU for latency.
+
 The fence
 ---------
 
@@ -100,8 +121,10 @@ from __future__ import annotations
 
 import os
 import platform
+import select
 import stat
 from _thread import allocate_lock as _allocate_lock
+from time import monotonic_ns as _now_ns
 
 from ..errors import PostmasterDied
 from ..latch import EventfdLatch, dispatcher, wait_fds
@@ -115,6 +138,37 @@ SHM_DIR = "/dev/shm"
 
 # A full fence (see "The fence"); only trusted on x86-64.
 FENCED = platform.machine().lower() in ("x86_64", "amd64")
+# How long a wait looks at is_set before it says it may sleep (see "Spinning first").
+SPIN_US = int(os.environ.get("BGWLAB_LATCH_SPIN_US", "0"))
+SPIN_MIN_US = 4
+PROBE_EVERY = 64  # sleeps without spinning before a spin is tried again
+_spin_ns = None  # SPIN_US in ns, or 0 on a single CPU (decided at the first wait)
+
+
+def spin_ns() -> int:
+    """The spin of a wait, in ns: 0 when this process may use one CPU only (the setter
+    could not run while we spin)."""
+    global _spin_ns
+    if _spin_ns is None:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except OSError:
+            cpus = os.cpu_count() or 1
+        _spin_ns = SPIN_US * 1000 if cpus > 1 else 0
+    return _spin_ns
+
+
+_me = (0, 0)  # (pid, its start ticks): ours, read from /proc once per process
+
+
+def my_start_ticks() -> int:
+    """This process's start time (clock ticks), read once: a worker's start-up asks for it
+    three times, and each read of /proc costs half a dozen system calls."""
+    global _me
+    pid = os.getpid()
+    if _me[0] != pid:  # first call, or a forked child
+        _me = (pid, start_ticks(pid) or 0)
+    return _me[1]
 
 
 def fence() -> None:
@@ -205,8 +259,11 @@ class SharedLatch:
         self.fd = fd  # the FIFO (read end): in every poll() of ours
         self.buf, self.offset = buf, offset
         self._w = memoryview(buf)[offset:offset + NAME_OFF].cast("Q")
+        self._spin = spin_ns()  # this latch's current spin (ns); 0: off until the next probe
+        self._unspun = 0  # sleeps since the spin went off
+        self._poller, self._poll_fds = None, None
         me = os.getpid()
-        self._w[W_OWNER_START] = start_ticks(me) or 0
+        self._w[W_OWNER_START] = my_start_ticks()
         self._w[W_OWNER_PID] = me  # OwnLatch: last, once the FIFO's read end is open
 
     # -- the owner's side ----------------------------------------------------------------
@@ -222,6 +279,18 @@ class SharedLatch:
         PostmasterDied if the postmaster is gone.  Owner only.
         """
         w = self._w
+        if w[W_IS_SET]:
+            return []
+        if timeout != 0 and self._spinning():
+            spin = self._spin if timeout is None else min(self._spin, int(timeout * 1e9))
+            end = _now_ns() + spin
+            while _now_ns() < end:
+                if w[W_IS_SET]:
+                    self._spin = min(self._spin * 2, _spin_ns)  # it paid: spin as long again
+                    return []
+            self._spin >>= 1  # it did not: half as long next time, and stop below the floor
+            if self._spin < SPIN_MIN_US * 1000:
+                self._spin = 0
         w[W_MAYBE_SLEEPING] = 1
         fence()  # (D): our maybe_sleeping before our load of is_set
         if w[W_IS_SET]:
@@ -239,8 +308,28 @@ class SharedLatch:
         self.check_postmaster(ready)
         return [fd for fd in ready if fd in also]
 
+    def _spinning(self) -> bool:
+        if self._spin:
+            return True
+        if not _spin_ns:
+            return False
+        self._unspun += 1
+        if self._unspun >= PROBE_EVERY:  # try again now and then: the load may have changed
+            self._unspun = 0
+            self._spin = SPIN_MIN_US * 1000 * 2
+            return True
+        return False
+
     def _poll(self, fds, timeout):
-        return wait_fds(fds, timeout)
+        # One poll object per latch, rebuilt only when the set of fds changes (a queue's
+        # counterpart attached or exited): the same few fds at every sleep.
+        if fds != self._poll_fds:
+            p = select.poll()
+            for fd in fds:
+                p.register(fd, select.POLLIN)
+            self._poller, self._poll_fds = p, fds
+        ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+        return [fd for fd, _ in self._poller.poll(ms)]
 
     def set(self) -> None:
         """SetLatch on our own latch (another thread of ours, say)."""

@@ -83,8 +83,7 @@ from __future__ import annotations
 import enum
 import struct
 
-from ..procinfo import start_ticks
-from .latch import FENCED, Peer, fence as _fence  # noqa: F401  (FENCED: re-exported)
+from .latch import FENCED, Peer, my_start_ticks, fence as _fence  # noqa: F401  (FENCED: re-exported)
 
 HEADER_SIZE = 128  # 10 words used; the ring stays 64-byte aligned
 MAXALIGN = 8
@@ -231,7 +230,7 @@ class MessageQueue:
         if getattr(self.latch, "buf", None) is not self._buf:
             raise ValueError("the latch's record must lie in the queue's segment (same mapping)")
         me = os.getpid()
-        self._words[w_start] = start_ticks(me) or 0
+        self._words[w_start] = my_start_ticks()
         self._words[w_latch] = self.latch.offset
         self._words[w_pid] = me  # last: a reader that sees the pid sees the start and latch
         _fence()  # our pid before our loads of the counters and the counterpart's pid
