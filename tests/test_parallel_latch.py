@@ -99,8 +99,7 @@ def test_ping_pong_loses_no_wakeup(seg, spin, monkeypatch):
     side may find the other awake, asleep, or about to sleep.  A lost wakeup would leave
     one side asleep until the deadline.  Without the spin every wait goes through the
     maybe_sleeping protocol; with it, most turns end in the spin."""
-    L.spin_ns()
-    monkeypatch.setattr(L, "_spin_ns", L.SPIN_US * 1000 if spin else 0)  # the child is forked after this
+    monkeypatch.setattr(L, "_spin_ns", 50_000 if spin else 0)  # the child is forked after this
     rounds = 3000
     w = words(seg, COUNTERS)  # w[0] ping (parent -> child), w[1] pong, w[2] child's verdict
     parent, parent_start = os.getpid(), start_ticks(os.getpid())
