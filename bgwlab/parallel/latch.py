@@ -211,7 +211,9 @@ def create_latches(segment, offset: int, n: int) -> list[int]:
 def _record_name(buf, offset: int) -> str:
     if offset <= 0 or offset % 64 or offset + LATCH_SIZE > len(buf):
         raise ValueError(f"no latch record can be at offset {offset}")
-    n = int.from_bytes(buf[offset + W_NAME_LEN * 8:offset + W_NAME_LEN * 8 + 8], "little")
+    words = memoryview(buf)[offset:offset + NAME_OFF].cast("Q")
+    n = words[W_NAME_LEN]  # native byte order, as create_latches stored it
+    words.release()
     if not 0 < n <= NAME_MAX:
         raise ValueError("corrupt latch record (name length)")
     name = bytes(buf[offset + NAME_OFF:offset + NAME_OFF + n]).decode("ascii")
