@@ -219,13 +219,16 @@ class ParallelContext:
         pidfd means that worker exited: both its queues learn it here (they are
         ``pidfd_watched``, so their non-blocking calls do not poll it themselves)."""
         by_fd = {}
+        unattached = False  # a worker we can learn about only from the postmaster (its handle)
         for w in workers:
             fd = w.data_mq.peer_fd
             if fd < 0:
                 fd = w.error_mq.peer_fd
             if fd >= 0:
                 by_fd[fd] = w
-        for fd in self._latch.wait(also=list(by_fd)):
+            else:
+                unattached = True
+        for fd in self._latch.wait(also=tuple(by_fd), postmaster=unattached):
             w = by_fd[fd]
             w.error_mq.peer_exited()
             w.data_mq.peer_exited()

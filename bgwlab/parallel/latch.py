@@ -264,6 +264,7 @@ class SharedLatch:
         self._spin = spin_ns()  # this latch's current spin (ns); 0: off until the next probe
         self._unspun = 0  # sleeps since the spin went off
         self._poller, self._poll_fds = None, None
+        self._pm_news = True
         me = os.getpid()
         self._w[W_OWNER_START] = my_start_ticks()
         self._w[W_OWNER_PID] = me  # OwnLatch: last, once the FIFO's read end is open
@@ -274,12 +275,16 @@ class SharedLatch:
         self._w[W_IS_SET] = 0
         fence()  # (C): the reset before the caller's loads of the queues
 
-    def wait(self, also=(), timeout: float | None = None) -> list[int]:
+    def wait(self, also=(), timeout: float | None = None, postmaster: bool = True) -> list[int]:
         """WaitLatch: sleep until set, one of `also` is readable, or `timeout`.
 
         Returns the readable fds among `also` ([] when the latch was set).  Raises
-        PostmasterDied if the postmaster is gone.  Owner only.
+        PostmasterDied if the postmaster is gone.  Owner only.  `postmaster=False`: the
+        caller needs no news from the postmaster about worker handles for this wait
+        (every counterpart it waits for has attached: their pidfds are in `also`), so a
+        leader may skip the signal dispatcher's bookkeeping (LeaderLatch).
         """
+        self._pm_news = postmaster
         w = self._w
         if w[W_IS_SET]:
             return []
@@ -393,8 +398,14 @@ class LeaderLatch(SharedLatch):
     def _poll(self, fds, timeout):
         ev = self._ev
         if ev is None:
-            return wait_fds(fds, timeout)
-        ready = dispatcher.wait(ev, timeout, also=fds)  # also drains the signal pipe (main thread)
+            return super()._poll(fds, timeout)
+        if self._pm_news:
+            ready = dispatcher.wait(ev, timeout, also=fds)  # also drains the signal pipe (main thread)
+        else:
+            # No handle news needed: our own poll object, with the eventfd in it all the
+            # same (a notification the dispatcher delivered still wakes us).  Skips the
+            # dispatcher's per-wait checks (its wakeup fd, its pipe), a few microseconds.
+            ready = super()._poll((*fds, ev.fileno()), timeout)
         if ev.fileno() in ready:
             ev.reset()
             self._w[W_IS_SET] = 1  # a notification is a set: the caller resets and looks

@@ -297,8 +297,8 @@ class MessageQueue:
         """Sleep on the latch until something may have changed; then reset it (the caller
         looks again before it waits again)."""
         fd = self.peer_fd
-        if fd >= 0:
-            if self.latch.wait(also=(fd,)):
+        if fd >= 0:  # attached: its pidfd tells us if it dies, no news from the postmaster needed
+            if self.latch.wait(also=(fd,), postmaster=False):
                 self._peer.mark_gone()  # its pidfd is readable: it exited
         else:
             self.latch.wait()
