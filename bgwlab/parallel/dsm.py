@@ -163,8 +163,8 @@ class Segment:
         name = f"{self.name}.{tag}"
         if parse_name(name) is None:
             raise ValueError(f"bad FIFO tag {tag!r}")
-        self._fifos.append(name)  # first: destroy() removes it even if mkfifo half-failed
-        os.mkfifo(os.path.join(SHM_DIR, name), 0o600)  # EEXIST for any existing name
+        os.mkfifo(os.path.join(SHM_DIR, name), 0o600)  # EEXIST for any existing name: never ours
+        self._fifos.append(name)  # destroy() removes it
         return name
 
     @property
