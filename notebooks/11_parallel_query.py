@@ -239,9 +239,9 @@ plot_ring_counters(trace, ax=ax);
 
 # %% [markdown]
 # `bytes_read` moves in steps: the receiver gives space back a quarter of the ring at a
-# time (and before it waits), and the sender is woken only if it said it might sleep
-# (its `sender_waiting` word) — PostgreSQL's `SetLatch` skips the wakeup the same way
-# when the latch owner is not sleeping.
+# time (and before it waits), and the sender is woken only if its latch says it may be
+# asleep (`maybe_sleeping` in its latch record; a set while it is awake only stores
+# `is_set`) — PostgreSQL's `SetLatch` skips the wakeup the same way.
 
 # %% [markdown]
 # ## 6. Measured: time to the first tuple, to the answer, to the error
@@ -333,18 +333,18 @@ check_value(leader_did, [1, 2, 3], "shares the leader scanned itself",
 # `wait_for_attach()` (or the first read of its queue) finds out, through the handle.
 # </details>
 #
-# 3. The queue never sets the other side's latch "just in case": a side says it may sleep
-#    (`receiver_waiting` / `sender_waiting`), fences, and looks once more. What could go
-#    wrong without the fence?
+# 3. A setter stores its progress, fences, and reads the owner's `is_set`; the owner
+#    resets `is_set`, fences, and looks at the counters. What could go wrong without the
+#    fences?
 #
 # <details><summary>Answer</summary>
 #
 # Store → load reordering (x86's store buffer): the worker could raise `bytes_written` and
-# read `receiver_waiting = 0` while the leader stores `1` and still reads the old
-# `bytes_written`. Both miss each other: the leader sleeps with data in its ring, and no
-# one wakes it. With a full fence on both sides at least one sees the other (Dekker) —
-# PostgreSQL's `SetLatch` / `WaitLatch` pair their `maybe_sleeping` flag with
-# `pg_memory_barrier()` for the same reason.
+# still read a stale `is_set = 1`, while the leader resets it to 0 and still reads the old
+# `bytes_written`. The worker skips the wakeup; the leader sleeps with data in its ring, and
+# no one wakes it. With a full fence on both sides at least one sees the other (Dekker). The
+# same pair guards `maybe_sleeping` against `is_set`; PostgreSQL's `SetLatch` / `WaitLatch`
+# use `pg_memory_barrier()` in the same two places.
 # </details>
 #
 # 4. What did we leave out of PostgreSQL's design?
