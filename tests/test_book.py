@@ -131,7 +131,10 @@ def book(tmp_path_factory):
     env = {**os.environ, "BGWLAB_QUICK": "1"}
     proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=1500)
-    assert proc.returncode == 0, f"build_book failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    if proc.returncode != 0:  # the failing notebooks' errors first: the progress bars are long
+        errors = re.findall(r"^\S+ FAILED:\n.*?(?=^\S+ FAILED:|^book \(|\Z)", proc.stderr, re.S | re.M)
+        pytest.fail(f"build_book failed:\n{proc.stdout[-2000:]}\n" + "\n".join(e[-3000:] for e in errors)
+                    + f"\n--- end of stderr:\n{proc.stderr[-2000:]}")
     return out, json.loads((out / "build-info.json").read_text())
 
 
