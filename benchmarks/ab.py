@@ -13,13 +13,30 @@ machine: ``pm_cpu_ms``, the postmaster's CPU time over the whole start/exit cycl
 ``/proc/PID/schedstat``, and ``worker_cpu_ms``, the worker's CPU time from fork to its
 entry function), ``crash`` (missing entry -> STOPPED),
 ``fail_genuine`` (two more clusters in pids cgroups at their limit; root only) and
-``fail_injected``.  Prints median, p99 and B / A for each.
+``fail_injected``.  Prints median, p99 and B / A for each, and from the postmasters' event
+logs ``fork_to_signal_us`` (fork() called -> registrant signalled, successful starts),
+``seen_to_signal_us`` (request seen -> registrant signalled, successful starts) and
+``fail_seen_to_signal_us`` (request seen -> registrant signalled, failed forks).
+
+``--log-off`` adds a cluster per side with ``log_events=False`` (and a registrant that does
+not log there either), timed in the same rounds: it prints each side's event-logging
+overhead on the start median (on / off - 1), the figure of issue 6's 5 % target.
+
+Before the clusters start, the modules their postmasters load (``bgwlab``, the benchmark
+entries, the patch) are compiled to ``__pycache__``.  The project's environment
+sets ``PYTHONDONTWRITEBYTECODE``, so after an edit a postmaster would otherwise compile
+from source at every start -- and the compiler's garbage stays in its heap, about 1 MB
+more that every ``fork()`` copies (and A would compile its patch module, B nothing).
+
+If the patch module has ``registrant_writer(writer)``, A's registrant writer goes through
+it (a patch of the event writer changes the registrant's events too).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import random
 import sys
@@ -35,38 +52,70 @@ from run import PRELOAD  # noqa: E402
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--patch", required=True, help="ab_patches/NAME.py: the old code, for A")
+    ap.add_argument("--patch", help="ab_patches/NAME.py: the old code, for A")
+    ap.add_argument("--bytecode-ab", action="store_true",
+                    help="no patch: A's postmasters compile bgwlab from source at start (stale or "
+                         "missing __pycache__ under PYTHONDONTWRITEBYTECODE), B's load its bytecode")
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--kinds", default="start,running,death,crash,pm_cpu_ms,worker_cpu_ms")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--log-off", action="store_true",
+                    help="also time starts on a log_events=False cluster per side: logging overhead")
     args = ap.parse_args(argv)
+    if bool(args.patch) == args.bytecode_ab:
+        ap.error("give --patch or --bytecode-ab")
+    import importlib
+
     from bgwlab import Cluster
     from runner import Registrant
 
-    patch = Path(args.patch).stem
+    patch = Path(args.patch).stem if args.patch else None
     kinds = args.kinds.split(",")
     genuine = "fail_genuine" in kinds
     rng = random.Random(args.seed)
+    if args.bytecode_ab:
+        os.environ["PYTHONDONTWRITEBYTECODE"] = "1"  # (A's postmasters must not write it)
+        for f in _bytecode_sources(None):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(importlib.util.cache_from_source(str(f)))
+    else:
+        compile_bytecode(patch)
     with contextlib.ExitStack() as stack:
-        clusters = {
-            "A": stack.enter_context(Cluster.start(max_workers=8, preload=PRELOAD + (patch,))),
-            "B": stack.enter_context(Cluster.start(max_workers=8, preload=PRELOAD)),
-        }
-        if genuine:
-            from bgwlab.pg.cgroup import pids_limit
+        clusters, log = {}, {}
+        for v in ("A", "B"):
+            if v == "B" and args.bytecode_ab:
+                compile_bytecode(None)
+            extra = (patch,) if v == "A" and patch else ()
+            clusters[v] = stack.enter_context(Cluster.start(max_workers=8, preload=PRELOAD + extra))
+            log[v] = True
+            if args.log_off:
+                clusters[v + "_off"] = stack.enter_context(
+                    Cluster.start(max_workers=8, preload=PRELOAD + extra, log_events=False))
+                log[v + "_off"] = False
+            if genuine:
+                from bgwlab.pg.cgroup import pids_limit
 
-            for v, extra in (("A", (patch,)), ("B", ())):
                 c = stack.enter_context(Cluster.start(max_workers=8, preload=PRELOAD + extra))
                 clusters[v + "_fail"] = c
+                log[v + "_fail"] = True
                 stack.enter_context(pids_limit(c.postmaster_pid))
         reg = Registrant()
         stack.callback(reg.close)
-        reg.attach({k: [str(c.directory), True] for k, c in clusters.items()})
+        reg.attach({k: [str(c.directory), log[k]] for k, c in clusters.items()})
+        hook = None
+        if patch and "registrant_writer" in (HERE / "ab_patches" / f"{patch}.py").read_text():
+            hook = importlib.import_module(patch).registrant_writer
+        if hook is not None:
+            for k in reg.backends:
+                if k.startswith("A"):
+                    reg.backends[k].events = hook(reg.backends[k].events)
         samples: dict[str, list[float]] = {}
         tasks = []
         for v in ("A", "B"):
             if {"start", "running", "death", "pm_cpu_ms", "worker_cpu_ms"} & set(kinds):
                 tasks.append((v, "timed"))
+                if args.log_off:
+                    tasks.append((v + "_off", "timed"))
             for k in ("crash", "fail_genuine", "fail_injected"):
                 if k in kinds:
                     tasks.append((v, k))
@@ -78,17 +127,26 @@ def main(argv=None) -> int:
             for v, k in tasks:
                 for kind, ms in _run(reg, v, k).items():
                     samples.setdefault(f"{v}.{kind}", []).append(ms)
-        for v in ("A", "B"):  # inside the postmaster, from its event log: fork() called ->
-            marks: dict = {}   # registrant signalled (the start's critical section)
-            for e in clusters[v].events():
-                if e.kind == "fork_attempted" or (e.kind == "notified"
-                                                  and e.detail.get("reason") == "forked"):
-                    marks.setdefault((e.slot, e.generation), {}).setdefault(e.kind, e.t_ns)
+        for v in ("A", "B"):  # inside the postmaster, from its event log: fork() called /
+            marks: dict = {}   # request seen -> registrant signalled (the critical section)
+            for c in (clusters[v], clusters.get(v + "_fail")):
+                for e in c.events() if c is not None else ():
+                    if e.kind in ("fork_attempted", "request_seen", "notified"):
+                        m = marks.setdefault((c.directory, e.slot, e.generation), {})
+                        m.setdefault(e.kind if e.kind != "notified" else e.detail.get("reason"), e.t_ns)
             samples[f"{v}.fork_to_signal_us"] = [
-                (m["notified"] - m["fork_attempted"]) / 1e3 for m in marks.values()
-                if "notified" in m and "fork_attempted" in m]
-    kinds = kinds + ["fork_to_signal_us"]
-    print(f"A = {patch} (the old code), B = the code as it is; n = {args.n} each, interleaved")
+                (m["forked"] - m["fork_attempted"]) / 1e3 for m in marks.values()
+                if "forked" in m and "fork_attempted" in m]
+            samples[f"{v}.seen_to_signal_us"] = [
+                (m["forked"] - m["request_seen"]) / 1e3 for m in marks.values()
+                if "forked" in m and "request_seen" in m]
+            samples[f"{v}.fail_seen_to_signal_us"] = [
+                (m["fork failed"] - m["request_seen"]) / 1e3 for m in marks.values()
+                if "fork failed" in m and "request_seen" in m]
+    kinds = kinds + ["fork_to_signal_us", "seen_to_signal_us", "fail_seen_to_signal_us"]
+    what = (f"{patch} (the old code)" if patch else
+            "the code as it is, bgwlab compiled from source by each postmaster")
+    print(f"A = {what}, B = the code as it is; n = {args.n} each, interleaved")
     print(f"{'kind':<16} {'A median':>9} {'B median':>9} {'B/A':>6}   {'A p99':>8} {'B p99':>8} {'B/A':>6}")
     for kind in kinds:
         a, b = samples.get(f"A.{kind}"), samples.get(f"B.{kind}")
@@ -96,9 +154,31 @@ def main(argv=None) -> int:
             continue
         am, bm = report.percentile(a, 0.5), report.percentile(b, 0.5)
         ap99, bp99 = report.percentile(a, 0.99), report.percentile(b, 0.99)
-        print(f"{kind:<16} {am:>9.3f} {bm:>9.3f} {bm / am:>6.2f}   {ap99:>8.3f} {bp99:>8.3f} {bp99 / ap99:>6.2f}")
+        print(f"{kind:<22} {am:>9.3f} {bm:>9.3f} {bm / am:>6.2f}   {ap99:>8.3f} {bp99:>8.3f} {bp99 / ap99:>6.2f}")
+    if args.log_off:
+        for v in ("A", "B"):
+            on, off = samples.get(f"{v}.start"), samples.get(f"{v}_off.start")
+            if on and off:
+                m_on, m_off = report.percentile(on, 0.5), report.percentile(off, 0.5)
+                print(f"{v}: event logging adds {(m_on / m_off - 1) * 100:+.1f} % to the start median "
+                      f"({m_on:.3f} on vs {m_off:.3f} ms off; p99 {report.percentile(on, 0.99):.3f} vs "
+                      f"{report.percentile(off, 0.99):.3f})")
     print(f"load average at end: {os.getloadavg()}")
     return 0
+
+
+def _bytecode_sources(patch):
+    files = sorted((HERE.parent / "bgwlab").glob("*.py")) + [HERE / "bench_entry.py"]
+    return files + ([HERE / "ab_patches" / f"{patch}.py"] if patch else [])
+
+
+def compile_bytecode(patch) -> None:
+    """Write the bytecode of what the postmasters load (``__pycache__``, as an import that
+    may write bytecode would; a fresh file is rewritten with the same content)."""
+    import py_compile
+
+    for f in _bytecode_sources(patch):
+        py_compile.compile(str(f), doraise=True)
 
 
 def _cpu_ns(pid: int) -> int:
