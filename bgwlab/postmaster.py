@@ -31,13 +31,14 @@ NEVER = -1
 FORK_BLOCKED_SIGNALS = tuple(int(s) for s in (signal.SIGUSR1, signal.SIGCHLD, signal.SIGTERM,
                                                signal.SIGINT, signal.SIGHUP, signal.SIGQUIT))
 SIGUSR1 = int(signal.SIGUSR1)
+SIGCHLD = int(signal.SIGCHLD)
 
 
 class RegisteredWorker:
     """The postmaster's private copy of one registered worker (``RegisteredBgWorker``)."""
 
     __slots__ = ("slot", "generation", "spec", "raw", "pid", "start_at", "notify",
-                 "terminate_seen", "fork_attempts", "term_sent", "seen_in_recovery")
+                 "terminate_seen", "fork_attempts", "term_sent", "seen_in_recovery", "seen_ns")
 
     def __init__(self, slot, generation, spec, raw, now):
         self.slot = slot
@@ -51,6 +52,7 @@ class RegisteredWorker:
         self.fork_attempts = 0
         self.term_sent = False
         self.seen_in_recovery = False  # first seen during a crash-restart: served after it
+        self.seen_ns = now  # when the request was seen (its request_seen event)
 
 
 def read_config(directory: str) -> dict:
@@ -94,6 +96,7 @@ class Postmaster:
         self.deadline = None  # SIGKILL survivors after this (crash recovery / shutdown)
         self.stop_reason = ""
         self.usr1 = False  # SIGUSR1 seen on this wake
+        self.unlogged = {}  # slot -> RegisteredWorker whose request_seen is not written yet
 
     # -- setup -----------------------------------------------------------------------------
     def setup(self) -> None:
@@ -108,6 +111,9 @@ class Postmaster:
         self.alive_r, self.alive_w = os.pipe2(os.O_CLOEXEC)
         self.events = EventWriter(os.path.join(self.directory, "events.jsonl"), "postmaster",
                                   enabled=self.log_events)
+        # the workers' writer, made once: a forked worker logs through it (worker.child_main)
+        self.worker_events = self.events.with_source("worker").prepare(
+            "reached_main", "early_crash", "worker_error")
         from . import worker  # noqa: F401  (loaded before fork, so children need not)
 
         if self.pdeathsig:  # only its workers call prctl (through ctypes): load it once here.
@@ -174,12 +180,15 @@ class Postmaster:
             if (signal.SIGTERM in sigs or signal.SIGINT in sigs or signal.SIGQUIT in sigs) \
                     and self.state != shmem.PM_SHUTDOWN:
                 self.begin_shutdown("shutdown requested")
-            self.guarded(self.reap_children)
+            if self.by_pid or SIGCHLD in sigs:  # (no child: waitpid would only raise)
+                self.guarded(self.reap_children)
             self.guarded(self.absorb_shmem_changes)
             self.guarded(self.advance_state)
             if self.state == shmem.PM_STOPPED:
                 return 0
             self.guarded(self.start_due_workers)
+            if self.unlogged:  # requests seen but not started in this pass (delayed, recovery)
+                self.events.write(b"".join([self.seen_line(rw) for rw in list(self.unlogged.values())]))
 
     def guarded(self, step) -> None:
         """Run one step of the loop; an unexpected error is logged, never fatal."""
@@ -198,9 +207,9 @@ class Postmaster:
                 chunk = os.read(self.wake_r, 4096)
             except BlockingIOError:
                 return data
-            if not chunk:
-                return data
             data += chunk
+            if len(chunk) < 4096:  # a short read emptied the pipe: no second read (it would
+                return data        # only raise); a byte written since makes poll() return at once
 
     def next_timeout_ms(self):
         """Sleep until the earliest timed thing: a delayed start, a recheck, a deadline."""
@@ -413,7 +422,9 @@ class Postmaster:
             else:
                 self.events.emit("notify_dropped", slot, gen, reason="notify pid is not a live attached backend",
                                  notify_pid=spec.notify_pid)
-        self.events.emit("request_seen", slot, gen, t_ns=now, name=spec.name)
+        # request_seen is written later, with its time now: after the signal if the worker
+        # starts in this pass (start_worker), else before the postmaster sleeps (run)
+        self.unlogged[slot] = rw
         if self.state == shmem.PM_SHUTDOWN:
             self.forget_and_notify(rw, "postmaster shutdown")
         else:
@@ -466,14 +477,18 @@ class Postmaster:
         """ForgetBackgroundWorker, then wake the registrant (so it can reuse the slot at once)."""
         if self.workers.get(rw.slot) is not rw:
             return
+        if self.unlogged.get(rw.slot) is rw:  # (forgotten in the pass that saw it)
+            self.events.write(self.seen_line(rw))
         gen_there = self.seg.generation(rw.slot)  # ours, unless a registrant wrote over our slot
         raw_there = self.seg.spec_bytes(rw.slot) if gen_there != rw.generation else None
         self.seg.set_pid(rw.slot, 0)  # pid before the token: a reader never sees a free slot with a pid
         self.seg.set_in_use(rw.slot, 0)
+        t = time.monotonic_ns()
         del self.workers[rw.slot]
         self.owned[rw.slot] = 0
         self.pending.pop(rw.slot, None)
-        self.events.emit("unregistered", rw.slot, rw.generation, reason=reason)
+        # logged before the signal: a registrant it wakes finds the worker gone in the log
+        self.events.emit("unregistered", rw.slot, rw.generation, t_ns=t, reason=reason)
         self.notify(rw, reason)
         if raw_there is not None:  # (its in_use token had been scribbled): freed with ours, wake it
             self.events.emit("slot_rejected", rw.slot, gen_there, reason="registered over a live slot")
@@ -509,6 +524,9 @@ class Postmaster:
         rw.fork_attempts += 1
         spec = rw.spec
         fd = self.backend_pidfd(*rw.notify) if rw.notify is not None else None
+        # seg.set_pid's one aligned store, its typed view and word found before fork(): the
+        # call after it would touch a bound method, two frames and the layout object first.
+        pids, pid_word = self.seg._i32, (self.seg.layout.slot_off(rw.slot) + shmem.PID_OFF) // 4
         t_attempt = time.monotonic_ns()
         try:
             if spec.fork_errno and (spec.fork_failures == 0 or rw.fork_attempts <= spec.fork_failures):
@@ -528,15 +546,21 @@ class Postmaster:
                 raise
         except OSError as e:
             t_fail = time.monotonic_ns()
-            injected = isinstance(e, InjectedOSError)
-            self.events.emit("fork_attempted", rw.slot, rw.generation, t_ns=t_attempt, attempt=rw.fork_attempts)
-            self.events.emit("fork_failed", rw.slot, rw.generation, t_ns=t_fail, errno=e.errno,
-                             error=os.strerror(e.errno or 0), injected=injected, attempt=rw.fork_attempts)
+            ev = self.events
+            # One write, before the slot can read STOPPED: whoever learns it finds why in
+            # the log (tests and experiments read fork_failed as soon as they know).
+            lines = (self.seen_line(rw)
+                     + ev.line("fork_attempted", rw.slot, rw.generation, t_ns=t_attempt, attempt=rw.fork_attempts)
+                     + ev.line("fork_failed", rw.slot, rw.generation, t_ns=t_fail, errno=e.errno,
+                               error=os.strerror(e.errno or 0), injected=isinstance(e, InjectedOSError),
+                               attempt=rw.fork_attempts))
             if spec.restart_ms == NEVER:
+                ev.write(lines)
                 self.forget_and_notify(rw, "fork failed")
             else:
                 rw.start_at = t_fail + spec.restart_ms * 1_000_000  # pid stays -1: NOT_YET_STARTED
-                self.events.emit("restart_scheduled", rw.slot, rw.generation, after_s=spec.restart_ms / 1000)
+                ev.write(lines + ev.line("restart_scheduled", rw.slot, rw.generation,
+                                         after_s=spec.restart_ms / 1000))
             return
         if pid == 0:
             try:
@@ -546,7 +570,7 @@ class Postmaster:
             finally:
                 os._exit(1)  # ... nor ever unwinds into the postmaster's loop in the child
         t_forked = time.monotonic_ns()
-        self.seg.set_pid(rw.slot, pid)  # the pid before the signal: the registrant reads it
+        pids[pid_word] = pid  # = seg.set_pid(rw.slot, pid), before the signal: the registrant reads it
         t_notified = 0
         if fd is not None:
             t_notified = time.monotonic_ns()
@@ -554,17 +578,38 @@ class Postmaster:
                 signal.pidfd_send_signal(fd, SIGUSR1)
             except OSError:
                 t_notified = -1  # gone meanwhile: notify() below says so and forgets it
+            # Give the CPU away once, as the new worker does (worker.child_main): the
+            # registrant we just woke is often queued on our CPU, and what we still do here
+            # (bookkeeping, the start's events: copy-on-write faults while the child shares
+            # our pages, ~0.1-0.2 ms) would run first (A/B in benchmarks/README.md).
+            os.sched_yield()
         _signal.pthread_sigmask(_signal.SIG_UNBLOCK, FORK_BLOCKED_SIGNALS)
         rw.pid = pid
         self.by_pid[pid] = rw
         del self.pending[rw.slot]
         if t_notified < 0 or (fd is None and rw.notify is not None):
             t_notified = self.notify(rw, "forked", log=False)  # sends, or logs why it cannot
-        self.events.emit("fork_attempted", rw.slot, rw.generation, t_ns=t_attempt, attempt=rw.fork_attempts)
-        self.events.emit("forked", rw.slot, rw.generation, t_ns=t_forked, worker_pid=pid)
+        ev = self.events  # the start's events, each with the time it happened, in one write
+        lines = (self.seen_line(rw)
+                 + ev.line("fork_attempted", rw.slot, rw.generation, t_ns=t_attempt, attempt=rw.fork_attempts)
+                 + ev.line("forked", rw.slot, rw.generation, t_ns=t_forked, worker_pid=pid))
         if t_notified > 0 and rw.notify is not None:
-            self.events.emit("notified", rw.slot, rw.generation, t_ns=t_notified,
+            lines += ev.line("notified", rw.slot, rw.generation, t_ns=t_notified,
                              target_pid=rw.notify[1], reason="forked")
+        ev.write(lines)
+
+    def seen_line(self, rw) -> bytes:
+        """`rw`'s request_seen line if it is not written yet (it is then written by the caller).
+
+        accept_registration takes the time; the line waits so that a worker started in
+        the same pass is signalled before anything is logged (start_worker writes it with
+        the start's other events), and is written in any case before the postmaster
+        sleeps (run) or lets the slot go (forget_and_notify, a failed fork).
+        """
+        if self.unlogged.get(rw.slot) is not rw:
+            return b""
+        del self.unlogged[rw.slot]
+        return self.events.line("request_seen", rw.slot, rw.generation, t_ns=rw.seen_ns, name=rw.spec.name)
 
     # -- notification --------------------------------------------------------------------------
     def notify(self, rw, reason: str, log: bool = True) -> int:

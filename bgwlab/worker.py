@@ -191,7 +191,7 @@ def child_main(pm, rw) -> None:
         rec = rw.spec
         _current = WorkerInfo(rec.name, rec.entry, rec.main_arg, rec.extra, rw.slot,
                               rw.generation, pm.pid, pm.directory)
-        events = pm.events.with_source("worker")
+        events = pm.worker_events  # (made by the postmaster before fork: see setup)
         slot, gen = rw.slot, rw.generation
         # 4. Injected faults, in the order they would happen.
         if rec.slow_start_ns:
