@@ -97,8 +97,9 @@ def test_slow_start_in_postmaster_delays_the_fork(cluster, backend):
     assert h.get_pid()[0] is NOT_YET
     s, _ = h.wait_for_startup()
     assert s is STARTED and time.monotonic() - t0 >= 0.3
-    seen = evs(cluster, h, "request_seen")[0].t_ns
-    forked = wait_until(lambda: evs(cluster, h, "forked"), what="forked event")[0].t_ns  # logged after the signal
+    # both are written after the signal that woke us (with the times they happened)
+    seen = wait_until(lambda: evs(cluster, h, "request_seen"), what="request_seen event")[0].t_ns
+    forked = wait_until(lambda: evs(cluster, h, "forked"), what="forked event")[0].t_ns
     assert forked - seen >= 0.3e9
     h.terminate()
     assert h.wait_for_shutdown() is STOPPED

@@ -103,7 +103,13 @@ def test_controller_lifecycle_register_terminate_and_faults(controller):
     pid = row_of(controller, "steady")["pid"]
     tree = {p: (depth, label) for depth, p, _status, label in snap["tree"]}
     assert tree[pm][0] == 0 and tree[pid][0] == 1 and "steady" in tree[pid][1]
-    assert any("forked" in line for line in snap["log"])
+    # The postmaster writes a start's events after it has signalled the registrant (and
+    # yielded to it): the log may lag the STARTED that the waiter already saw.
+    def forked_in_the_log():
+        controller.refresh()
+        return any("forked" in line for line in controller.snapshot()["log"])
+
+    wait_until(forked_in_the_log, what="the postmaster's 'forked' event in the panel's log")
 
     doomed = controller.register("sleep 2 s", "fork fails (EAGAIN)", name="doomed")
     wait_until(lambda: doomed.startup.startswith("STOPPED"), what="fork failure reported")
