@@ -196,10 +196,13 @@ check_value(slower, _s["polling 10 ms"] / _s["eventfd latch"], "polling 10 ms / 
 # ## 4. What the waiter reads: one store, or a lie
 #
 # A latch makes sure the waiter *looks again*. What it then reads must be true. PostgreSQL's
-# `GetBackgroundWorkerPid` (bgworker.c) says why it can read `slot->pid` while the postmaster
-# writes it without a lock: *"The pid, which is updated by the postmaster, can change at any
-# time, but we assume such changes are atomic. So the value we read won't be garbage."* In C,
-# `slot->pid = pid` is one store.
+# `GetBackgroundWorkerPid` (bgworker.c) holds `BackgroundWorkerLock` (shared) so that the
+# generation cannot change under it — but the postmaster never takes that lock, and the
+# comment says why reading `slot->pid` is still safe: *"The pid, which is updated by the
+# postmaster, can change at any time, but we assume such changes are atomic. So the value we
+# read won't be garbage."* In C, `slot->pid = pid` is one store. (bgwlab's reader takes no
+# lock at all: it reads the generation before and after the pid and trusts the answer only if
+# both match — `shmem.py`. The pid must be one store all the same.)
 #
 # In Python it need not be. bgwlab's postmaster once wrote the pid with
 # `struct.pack_into("<i", mm, offset, pid)` — and CPython's packer first **zeroes** the field,
@@ -230,8 +233,8 @@ claim(int(stores.set_index("method").zeros["one store (memoryview)"]) == 0,
       "a word written with one store is never seen as 0 by the reader")
 
 # %% [markdown]
-# With two CPUs free, `pack_into` shows the reader a 0 about once in every few hundred to
-# few thousand reads (your table); one store, never. The same rule holds in C: a field that
+# With two CPUs free, `pack_into` shows the reader a 0 often — between about once in 20
+# and once in 700 reads in our runs, depending on load (your table); one store, never. The same rule holds in C: a field that
 # another process reads without a lock must be written whole, in one aligned store, or
 # behind a lock — never built up in place.
 

@@ -4,7 +4,6 @@ to copy); nothing is written next to the sources, and an explicit prefix is resp
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import bgwlab
@@ -15,8 +14,8 @@ SOURCES = Path(bgwlab.__file__).resolve().parent
 
 
 def _cached(cache: Path, module: str) -> list[Path]:
-    return list((cache / str(SOURCES).lstrip("/")).glob(f"__pycache__/{module}.*.pyc")) + \
-        list((cache / str(SOURCES).lstrip("/")).glob(f"{module}.*.pyc"))
+    """PYTHONPYCACHEPREFIX mirrors the source directory's absolute path, without __pycache__."""
+    return list((cache / str(SOURCES).lstrip("/")).glob(f"{module}.*.pyc"))
 
 
 def test_the_postmaster_writes_its_bytecode_to_the_private_cache(tmp_path, monkeypatch):
