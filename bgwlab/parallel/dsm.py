@@ -45,9 +45,7 @@ from __future__ import annotations
 
 import mmap
 import os
-import secrets
 import stat
-import weakref
 
 from ..procinfo import start_ticks
 
@@ -55,6 +53,12 @@ SHM_DIR = "/dev/shm"
 PREFIX = "bgwlab."
 MAX_SIZE = 1 << 36  # 64 GiB: far beyond any lesson; refuses a corrupt size early
 FIFO_TAG = "latch"  # <segment name>.latch<k>: the FIFO of latch record k
+
+
+def random_token() -> int:
+    """63 random bits from the kernel's CSPRNG (what ``secrets.randbits(63)`` reads, without
+    importing secrets -> hmac, hashlib, random into every process that loads this module)."""
+    return int.from_bytes(os.urandom(8), "little") >> 1
 
 
 def segment_name(leader_pid: int, leader_start: int, token: int) -> str:
@@ -111,8 +115,11 @@ class Segment:
         self.size = len(mm)
         self.owner = owner
         self._fifos: list[str] = []  # names of the FIFOs we made (create_fifo)
-        self._finalizer = (weakref.finalize(self, _unlink_family, _path(name), self._fifos)
-                           if owner else None)
+        self._finalizer = None
+        if owner:  # (weakref only here: a worker's image need not carry it)
+            import weakref
+
+            self._finalizer = weakref.finalize(self, _unlink_family, _path(name), self._fifos)
 
     @classmethod
     def create(cls, size: int) -> Segment:
@@ -121,7 +128,7 @@ class Segment:
             raise ValueError(f"segment size must be 1..{MAX_SIZE} bytes, got {size!r}")
         me = os.getpid()
         while True:
-            name = segment_name(me, start_ticks(me) or 0, secrets.randbits(63))
+            name = segment_name(me, start_ticks(me) or 0, random_token())
             try:
                 fd = os.open(_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                              | os.O_CLOEXEC, 0o600)

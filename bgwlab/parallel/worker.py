@@ -9,8 +9,7 @@ carries ``ErrorResponse`` and ``Terminate`` messages.
 
 from __future__ import annotations
 
-import importlib
-import traceback
+import sys
 
 from . import dsm
 from .errors import LeaderDetached
@@ -52,7 +51,8 @@ class ParallelWorker:
 
 def _resolve(entry: str):
     mod, _, qual = entry.partition(":")
-    obj = importlib.import_module(mod)
+    __import__(mod)  # (not importlib: a module fewer in every worker's image)
+    obj = sys.modules[mod]
     for part in qual.split("."):
         obj = getattr(obj, part)
     if not callable(obj):
@@ -124,7 +124,12 @@ def _run(entry: str, pw: ParallelWorker, data_mq, error_mq, leader: Peer) -> Non
         report = b"X"  # the leader stopped listening: a clean end, as in PostgreSQL
     except BaseException as e:
         error = e
-        text = "terminated by request (SIGTERM)" if isinstance(e, Terminated) else traceback.format_exc()
+        if isinstance(e, Terminated):
+            text = "terminated by request (SIGTERM)"
+        else:
+            import traceback  # only on this path: a worker that succeeds never loads it
+
+            text = traceback.format_exc()
         report = b"E" + text.encode(errors="replace")[-MAX_ERROR_TEXT:]
     data_mq.flush()
     # The report fits the error queue's ring whole, so this never waits.
