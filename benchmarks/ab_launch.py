@@ -54,6 +54,17 @@ def _cpu_ns(pid) -> int:
         return int(f.read().split()[0])
 
 
+def _extra(patch: str) -> tuple:
+    """A patch given as a path: its directory joins sys.path (the postmaster inherits it)."""
+    if not patch:
+        return ()
+    path = Path(patch)
+    if path.suffix == ".py":
+        sys.path.insert(0, str(path.resolve().parent))
+        return (path.stem,)
+    return (patch,)
+
+
 def _task():
     return 1
 
@@ -99,16 +110,22 @@ def main(argv=None) -> int:
     ap.add_argument("--kinds", default="attach,first_message")
     ap.add_argument("--pool", action="store_true", help="also time multiprocessing.Pool(4)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--a", choices=("old", "new"), default="old",
+                    help="new: A runs the tree too (to A/B a --patch-* alone)")
+    ap.add_argument("--patch-a", default="", help="a module A's postmaster also preloads (a patch)")
+    ap.add_argument("--patch-b", default="", help="a module B's postmaster also preloads (a patch)")
     args = ap.parse_args(argv)
     from bgwlab import Cluster
     from bgwlab.parallel import ParallelContext as New
     from parallel_old_context import ParallelContext as Old
 
     kinds = args.kinds.split(",")
-    classes = {"A": Old, "B": New}
+    classes = {"A": Old if args.a == "old" else New, "B": New}
+    preload = {"A": (PRELOAD["A"] if args.a == "old" else PRELOAD["B"]) + _extra(args.patch_a),
+               "B": PRELOAD["B"] + _extra(args.patch_b)}
     for v in "AB":  # warm the postmasters' bytecode cache (see the docstring)
-        Cluster.start(max_workers=8, preload=PRELOAD[v]).stop()
-    clusters = {v: Cluster.start(max_workers=8, preload=PRELOAD[v]) for v in "AB"}
+        Cluster.start(max_workers=8, preload=preload[v]).stop()
+    clusters = {v: Cluster.start(max_workers=8, preload=preload[v]) for v in "AB"}
     backends = {v: c.connect() for v, c in clusters.items()}
     load0 = os.getloadavg()
     cases = [(v, k) for v in "AB" for k in kinds] + ([("peer", "mp_pool")] if args.pool else [])
@@ -132,7 +149,9 @@ def main(argv=None) -> int:
             c.stop()
     load1 = os.getloadavg()
     print(f"ab_launch: n={args.n} per case, load {load0[0]:.2f} -> {load1[0]:.2f} "
-          f"(1-min avg), A = frozen old modules, B = tree")
+          f"(1-min avg), A = {'frozen old modules' if args.a == 'old' else 'tree'}"
+          f"{' + ' + args.patch_a if args.patch_a else ''}, B = tree"
+          f"{' + ' + args.patch_b if args.patch_b else ''}")
     pool_med = statistics.median(r["ms"] for r in out[("peer", "mp_pool")]) if args.pool else None
     if args.pool:
         xs = [r["ms"] for r in out[("peer", "mp_pool")]]

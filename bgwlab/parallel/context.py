@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 import re
 
+from ..backend import NOT_YET_STARTED, STARTED
 from ..errors import BgwError, OutOfWorkerSlots
-from ..procinfo import start_ticks
 from ..spec import NEVER_RESTART, Fault, WorkerSpec
 from . import dsm
 from .errors import ParallelWorkerError, ParallelWorkerFailed
@@ -38,11 +38,13 @@ _ENTRY_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]
 class WorkerState:
     """ParallelWorkerInfo: what the leader knows of one launched worker."""
 
-    __slots__ = ("number", "handle", "error_mq", "data_mq", "attached", "finished", "data_done")
+    __slots__ = ("number", "handle", "error_mq", "data_mq", "attached", "finished", "data_done",
+                 "exited")
 
     def __init__(self, number, handle, error_mq, data_mq):
         self.number, self.handle, self.error_mq, self.data_mq = number, handle, error_mq, data_mq
         self.attached = self.finished = self.data_done = False
+        self.exited = False  # a wait saw its pidfd readable: the process is gone
 
     def __repr__(self):
         return (f"<parallel worker {self.number} attached={self.attached} "
@@ -113,7 +115,7 @@ class ParallelContext:
         toc = Toc.create(buf, PARALLEL_MAGIC, N_KEYS)
         me = os.getpid()
         off = toc.allocate(FIXED.size)
-        FIXED.pack_into(buf, off, me, start_ticks(me) or 0, lay.nworkers, lay.entry_len,
+        FIXED.pack_into(buf, off, me, dsm.my_start_ticks(), lay.nworkers, lay.entry_len,
                         lay.payload_len, lay.error_ring, lay.ring)
         toc.insert(KEY_FIXED, off)
         off = toc.allocate(lay.entry_len)
@@ -181,11 +183,30 @@ class ParallelContext:
         return self.nworkers_launched
 
     # -- the error queues (HandleParallelMessages) ------------------------------------------------
+    @staticmethod
+    def _nothing_new(w) -> bool:
+        """A cheap look at one unfinished worker: True if reading its error queue could only
+        say WOULD_BLOCK -- no byte unread, not detached, its process not seen gone, and
+        either attached or, by its handle, still starting or running.  (Every wake of the
+        leader looks at every worker; the full receive costs tens of microseconds.)
+
+        Unread bytes: the leader reads an error queue once (its first message finishes
+        the worker), so until then bytes_written == bytes_read means none.  Ordering: the
+        caller's ResetLatch fenced before these loads (latch.py, C)."""
+        mq = w.error_mq
+        if w.exited or mq.detached or mq.bytes_written != mq.bytes_read:
+            return False
+        if mq.sender_pid:  # shm_mq_get_sender: attached
+            w.attached = True
+            return True
+        status = w.handle.get_pid()[0]  # GetBackgroundWorkerPid, as WaitForParallelWorkersToAttach
+        return status is STARTED or status is NOT_YET_STARTED
+
     def _handle_messages(self) -> list:
         """Read every error queue without waiting.  Returns [(number, exception)] to raise."""
         errors = []
         for w in self.workers:
-            if w.finished:
+            if w.finished or self._nothing_new(w):
                 continue
             while True:
                 res, msg = w.error_mq.receive(nowait=True)
@@ -221,15 +242,19 @@ class ParallelContext:
         by_fd = {}
         unattached = False  # a worker we can learn about only from the postmaster (its handle)
         for w in workers:
-            fd = w.data_mq.peer_fd
+            # The error queue's pidfd first: a worker attaches that queue first, and the
+            # data queue's counterpart (a second pidfd of the same process) is then opened
+            # only when that queue is read.
+            fd = w.error_mq.peer_fd
             if fd < 0:
-                fd = w.error_mq.peer_fd
+                fd = w.data_mq.peer_fd
             if fd >= 0:
                 by_fd[fd] = w
             else:
                 unattached = True
         for fd in self._latch.wait(also=tuple(by_fd), postmaster=unattached):
             w = by_fd[fd]
+            w.exited = True
             w.error_mq.peer_exited()
             w.data_mq.peer_exited()
 

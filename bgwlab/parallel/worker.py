@@ -9,8 +9,10 @@ carries ``ErrorResponse`` and ``Terminate`` messages.
 
 from __future__ import annotations
 
+import select
 import sys
 
+from .. import worker as _bgw  # the engine's worker module (always loaded in a worker)
 from . import dsm
 from .errors import LeaderDetached
 from .latch import Peer, WorkerLatch
@@ -62,9 +64,7 @@ def _resolve(entry: str):
 
 def main(main_arg: int) -> None:
     """ParallelWorkerMain.  Worker only: the entry point the leader registers."""
-    from .. import worker as bgw
-
-    number, name = decode_extra(bgw.current().extra)
+    number, name = decode_extra(_bgw.current().extra)
     try:
         seg = dsm.Segment.attach(name)
     except FileNotFoundError:
@@ -72,7 +72,7 @@ def main(main_arg: int) -> None:
     if seg.token != main_arg:
         seg.close()
         raise ValueError(f"segment {name} does not carry the token {main_arg:#x} we were given")
-    queues, leader, latch = [], None, None
+    queues, leader, latch, reported = [], None, None, False
     try:
         toc = Toc.attach(seg.buf, PARALLEL_MAGIC)
         fixed = read_fixed(toc, seg.buf)
@@ -86,55 +86,100 @@ def main(main_arg: int) -> None:
         data_mq = MessageQueue(seg.buf, lay.data_queue(fixed["data_base"], number), latch,
                                expect_size=lay.data_stride)
         queues.append(data_mq)
-        leader = Peer(fixed["leader_pid"], fixed["leader_start"])
         error_mq.set_sender()  # attached: from here on the leader learns how we end
         data_mq.set_sender()
+        leader = _leader_of(error_mq, fixed["leader_pid"], fixed["leader_start"])
         payload = bytes(seg.buf[fixed["payload_off"]:fixed["payload_off"] + fixed["payload_len"]])
-        _run(fixed["entry"], ParallelWorker(number, payload, fixed["nworkers"], data_mq, leader),
-             data_mq, error_mq, leader)
+        report, error = _run(fixed["entry"], ParallelWorker(number, payload, fixed["nworkers"], data_mq,
+                                                            leader), leader)
+        reported = _report(report, data_mq, error_mq, leader)
+        if error is not None:
+            raise error
     finally:
+        # its pidfd: exactly that process exited (looked at while the queues still hold it)
+        known_gone = leader is not None and leader.gone
         for q in queues:
-            q.detach()
+            # Detach what is not detached yet (a second detach would only set the leader's
+            # latch again: one more wakeup of a leader that may be waiting for others).  An
+            # error queue that carried our report stays as it is: the leader detaches it
+            # when it reads the report, and waits for nothing more on it.
+            if not q.detached and not (reported and q is queues[0]):
+                q.detach()
             q.close()
-        known_gone = leader is not None and leader.gone  # its pidfd: exactly that process exited
         if leader is not None:
             leader.close()
         if latch is not None:
             latch.close()  # before the unmap: it holds a view of its record
         seg.close()
-        dsm.remove_if_leader_gone(name, known_gone=known_gone)  # a killed leader's segment is ours to free
+        if leader is None or known_gone:
+            # A killed leader's segment is ours to free.  A leader our pidfd saw alive frees
+            # its own (or, if it dies after this look, remove_orphans() does).
+            dsm.remove_if_leader_gone(name, known_gone=known_gone)
 
 
-def _run(entry: str, pw: ParallelWorker, data_mq, error_mq, leader: Peer) -> None:
-    """Run the user's function; report 'X' or 'E' on the error queue.  Worker only.
+class _LeaderByQueue:
+    """The leader, watched through the pidfd that our error queue already holds for its
+    receiver -- the leader itself -- instead of a pidfd of its own (``pidfd_open`` and a
+    read of /proc per worker saved).  Does not own the fd: valid while the queue is open."""
 
-    Order: publish every data message, report, *then* detach the data queue -- so a leader
-    that sees the data queue detached already has the report, and raises a worker's error
-    after exactly the messages it sent before it (see ParallelContext.messages)."""
-    from ..worker import Terminated
+    __slots__ = ("fd", "_gone")
 
-    error = None
+    def __init__(self, fd: int):
+        self.fd = fd
+        self._gone = fd < 0  # no pidfd: the leader was gone when the queue looked for it
+
+    @property
+    def gone(self) -> bool:
+        if not self._gone and self.fd >= 0:
+            p = select.poll()
+            p.register(self.fd, select.POLLIN)
+            self._gone = bool(p.poll(0))  # a pidfd is readable once its process exited
+        return self._gone
+
+    def close(self) -> None:
+        self.fd = -1  # (the queue closes the fd)
+
+
+def _leader_of(error_mq: MessageQueue, pid: int, start: int):
+    """The leader (`pid`, `start` from the fixed state) as a Peer-like object with ``gone``.
+    Our error queue's receiver is the leader (it sets itself as receiver before any worker
+    exists); if the queue names another process, trust nothing and open our own pidfd."""
+    if error_mq.receiver_pid == pid:
+        return _LeaderByQueue(error_mq.peer_fd)
+    return Peer(pid, start)
+
+
+def _run(entry: str, pw: ParallelWorker, leader) -> tuple[bytes, BaseException | None]:
+    """Run the user's function.  Returns the report for the error queue -- ``'X'`` or
+    ``'E'`` + traceback -- and the exception to re-raise after reporting, if any."""
     try:
-        fn = _resolve(entry)
-        fn(pw)
-        report = b"X"
+        _resolve(entry)(pw)
     except LeaderDetached:
         if leader.gone:
             raise SystemExit(1) from None
-        report = b"X"  # the leader stopped listening: a clean end, as in PostgreSQL
+        return b"X", None  # the leader stopped listening: a clean end, as in PostgreSQL
     except BaseException as e:
-        error = e
-        if isinstance(e, Terminated):
+        if isinstance(e, _bgw.Terminated):
             text = "terminated by request (SIGTERM)"
         else:
             import traceback  # only on this path: a worker that succeeds never loads it
 
             text = traceback.format_exc()
-        report = b"E" + text.encode(errors="replace")[-MAX_ERROR_TEXT:]
+        return b"E" + text.encode(errors="replace")[-MAX_ERROR_TEXT:], e
+    return b"X", None
+
+
+def _report(report: bytes, data_mq, error_mq, leader) -> bool:
+    """Publish every data message, report, *then* detach the data queue -- so a leader
+    that sees the data queue detached already has the report, and raises a worker's error
+    after exactly the messages it sent before it (see ParallelContext.messages).  Worker
+    only.  True if the report is in the error queue."""
     data_mq.flush()
     # The report fits the error queue's ring whole, so this never waits.
-    if error_mq.send(report, nowait=True) is not SUCCESS and leader.gone:
-        raise SystemExit(1) from None
+    if error_mq.send(report, nowait=True) is not SUCCESS:
+        if leader.gone:
+            raise SystemExit(1) from None
+        data_mq.detach()
+        return False
     data_mq.detach()
-    if error is not None:
-        raise error
+    return True
