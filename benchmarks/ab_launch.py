@@ -114,6 +114,9 @@ def main(argv=None) -> int:
                     help="new: A runs the tree too (to A/B a --patch-* alone)")
     ap.add_argument("--patch-a", default="", help="a module A's postmaster also preloads (a patch)")
     ap.add_argument("--patch-b", default="", help="a module B's postmaster also preloads (a patch)")
+    ap.add_argument("--prepatch-b", default="",
+                    help="a module B's postmaster preloads first, before bgwlab.parallel (a patch "
+                         "that replaces modules of the image)")
     args = ap.parse_args(argv)
     from bgwlab import Cluster
     from bgwlab.parallel import ParallelContext as New
@@ -122,7 +125,7 @@ def main(argv=None) -> int:
     kinds = args.kinds.split(",")
     classes = {"A": Old if args.a == "old" else New, "B": New}
     preload = {"A": (PRELOAD["A"] if args.a == "old" else PRELOAD["B"]) + _extra(args.patch_a),
-               "B": PRELOAD["B"] + _extra(args.patch_b)}
+               "B": _extra(args.prepatch_b) + PRELOAD["B"] + _extra(args.patch_b)}
     for v in "AB":  # warm the postmasters' bytecode cache (see the docstring)
         Cluster.start(max_workers=8, preload=preload[v]).stop()
     clusters = {v: Cluster.start(max_workers=8, preload=preload[v]) for v in "AB"}
@@ -151,7 +154,8 @@ def main(argv=None) -> int:
     print(f"ab_launch: n={args.n} per case, load {load0[0]:.2f} -> {load1[0]:.2f} "
           f"(1-min avg), A = {'frozen old modules' if args.a == 'old' else 'tree'}"
           f"{' + ' + args.patch_a if args.patch_a else ''}, B = tree"
-          f"{' + ' + args.patch_b if args.patch_b else ''}")
+          f"{' + ' + args.patch_b if args.patch_b else ''}"
+          f"{' + ' + args.prepatch_b + ' (first)' if args.prepatch_b else ''}")
     pool_med = statistics.median(r["ms"] for r in out[("peer", "mp_pool")]) if args.pool else None
     if args.pool:
         xs = [r["ms"] for r in out[("peer", "mp_pool")]]
