@@ -108,6 +108,7 @@ def test_ping_pong_loses_no_wakeup(seg, spin, monkeypatch):
         rng = random.Random(1)
         me = SharedLatch(seg.buf, 64 + L.LATCH_SIZE)
         to_parent = Peer(parent, parent_start, seg.buf, 64)
+        me.watch(to_parent)  # spin only while the parent may run (as MessageQueue does)
         cw = words(seg, COUNTERS)
         deadline = time.monotonic() + DEADLINE
         for i in range(1, rounds + 1):
@@ -128,6 +129,7 @@ def test_ping_pong_loses_no_wakeup(seg, spin, monkeypatch):
     try:
         wait_until(lambda: rec[W_OWNER_PID] == pid, 10, "the child to own its latch")
         to_child = Peer(pid, start_ticks(pid), seg.buf, 64 + L.LATCH_SIZE)
+        me.watch(to_child)
         rng = random.Random(2)
         deadline = time.monotonic() + DEADLINE
         for i in range(1, rounds + 1):
@@ -139,10 +141,88 @@ def test_ping_pong_loses_no_wakeup(seg, spin, monkeypatch):
     finally:
         kid.end()
         if to_child is not None:
+            me.unwatch(to_child)
             to_child.close()
         me.close()
         w.release()
         rec.release()
+
+
+@pytest.fixture
+def spin_on(monkeypatch):
+    monkeypatch.setattr(L, "_spin_ns", 200_000_000)  # 200 ms: a spin that ran is unmistakable
+
+
+def test_a_wait_spins_only_while_a_counterpart_may_run(seg, spin_on):
+    """The spin pays only if whoever sets the latch can make progress meanwhile: nobody
+    watched (no counterpart attached yet), a counterpart asleep on its latch, or one that
+    disowned its record (exiting) -- no spin; a counterpart awake, or one we just woke --
+    spin."""
+    me = SharedLatch(seg.buf, 64)
+    peer = Peer(os.getpid(), start_ticks(os.getpid()), seg.buf, 64 + L.LATCH_SIZE)
+    rec = words(seg, 64 + L.LATCH_SIZE)
+    try:
+        me.reset()
+        t0 = time.monotonic()
+        assert not me._spin_now(None)  # nobody watched
+        me.watch(peer)
+        rec[W_OWNER_PID] = os.getpid()
+        rec[W_MAYBE_SLEEPING] = 1
+        assert not me._spin_now(None)  # asleep
+        rec[W_MAYBE_SLEEPING] = 0
+        rec[W_OWNER_PID] = 0
+        assert not me._spin_now(None)  # disowned
+        assert time.monotonic() - t0 < 0.1 and me._spin == 200_000_000  # no spin ran, none halved
+        rec[W_OWNER_PID] = os.getpid()
+        rec[W_MAYBE_SLEEPING] = 1
+        peer.woken = True
+        assert L._any_running([peer])  # we woke it: on its way
+        rec[W_MAYBE_SLEEPING] = 0
+        assert L._any_running([peer]) and not peer.woken  # seen awake: the hint is spent
+        me._spin = 2_000_000  # 2 ms, never set: the spin runs out and halves
+        t0 = time.monotonic()
+        assert not me._spin_now(None)
+        assert time.monotonic() - t0 >= 0.002 and me._spin == 1_000_000
+        me.set()
+        me._spin = 2_000_000
+        assert me._spin_now(None) and me._spin == 200_000_000  # it paid: the whole spin again
+    finally:
+        me.unwatch(peer)
+        peer.close()
+        me.close()
+        rec.release()
+
+
+def test_a_spin_that_never_pays_is_tried_ever_less_often(seg, spin_on):
+    """Off, the spin is tried again after PROBE_EVERY sleeps, then after twice as many
+    each time it failed (up to PROBE_MAX); one that pays resets the interval."""
+    me = SharedLatch(seg.buf, 64)
+    try:
+        me._spin = 0
+        gaps = []
+        for _ in range(5):
+            n = 1
+            while not me._spinning():
+                n += 1
+            gaps.append(n)
+            me._spin = 0  # as a failed try leaves it
+        assert gaps == [L.PROBE_EVERY * 2 ** k for k in range(5)]
+        me._probe_every = L.PROBE_EVERY * 8
+        me.set()
+        peer = Peer(os.getpid(), start_ticks(os.getpid()), seg.buf, 64 + L.LATCH_SIZE)
+        rec = words(seg, 64 + L.LATCH_SIZE)
+        try:
+            rec[W_OWNER_PID], rec[W_MAYBE_SLEEPING] = os.getpid(), 0
+            me.watch(peer)
+            me._spin = 1_000_000
+            assert me._spin_now(None)  # set: pays at once
+            assert me._probe_every == L.PROBE_EVERY
+        finally:
+            me.unwatch(peer)
+            peer.close()
+            rec.release()
+    finally:
+        me.close()
 
 
 def test_a_sleeping_owner_is_woken_by_one_write(seg):

@@ -72,23 +72,38 @@ publishing while their leader sleeps wake it with one byte, not four.
 Spinning first
 --------------
 
-Before it says it may sleep, a wait looks at ``is_set`` for a while (its *spin*).  A
+Before it says it may sleep, a wait may look at ``is_set`` for a while (its *spin*).  A
 counterpart that makes progress meanwhile finds ``maybe_sleeping = 0``: it stores
 ``is_set = 1`` and makes no system call, and the spinner returns without one either.  A
 sleep and a wakeup cost both processes tens of microseconds (the write, the scheduler,
-poll's return, the drain); between a leader and a worker on two CPUs, the counterpart's
-next step is usually closer than that.  The spin only *reads* a hint: the protocol above
-runs unchanged after it, so it cannot lose a wakeup.
+poll's return, the drain) -- on a VM whose idle vCPU halts, a wakeup across CPUs costs
+~50 us; between a leader and a worker on two CPUs, the counterpart's next step is
+usually much closer than that.  The spin only *reads* a hint: the protocol above runs
+unchanged after it, so it cannot lose a wakeup.
+
+A wait spins only while a counterpart **may be running**: one whose record says it is
+not asleep (``maybe_sleeping = 0``, ``owner_pid`` set), or one we just woke (we wrote
+its FIFO and have not seen it awake since: ``Peer.woken``).  The counterparts are the
+``Peer`` objects the latch ``watch``es (a ``MessageQueue`` watches its counterpart once
+it attached).  A counterpart asleep cannot set the latch before someone wakes it, so
+spinning for it can only waste a CPU; with nobody watched (no counterpart attached
+yet), no spin either.  The spin also stops as soon as every counterpart has gone to
+sleep.
 
 The spin adapts, per latch, as adaptive mutexes do: it starts at ``SPIN_US``
-microseconds (``BGWLAB_LATCH_SPIN_US``; 0, the default, turns it off; never on a single
-CPU), doubles
-(up to that) after a spin that saw the latch set, halves after one that did not, and
-below ``SPIN_MIN_US`` stops -- until ``PROBE_EVERY`` sleeps later, when it tries again.
-So a counterpart that answers within microseconds is met spinning, and one that is idle,
-or that cannot run because the CPUs are busy (a spin would only take its CPU), costs a
-few wasted microseconds now and then.  PostgreSQL's ``WaitLatch`` does not spin (its
-``s_lock`` spinlocks do); this is bgwlab's trade of a little CPU for latency.
+microseconds (``BGWLAB_LATCH_SPIN_US``, default 100; 0 turns it off; never on a single
+CPU).  A spin that saw the latch set makes the next one whole again; one that ran out
+halves it, and below ``SPIN_MIN_US`` the spin stops -- until ``PROBE_EVERY`` sleeps
+later, when one whole spin is tried again, then after twice as many sleeps each time a
+try fails (up to ``PROBE_MAX``).  A try is whole, not short, on purpose: after a sleep
+the counterpart is asleep too, and it answers only after a wakeup's time; a short try
+would never see it and two processes taking turns would stay in the sleeping regime
+for good (measured: the round trip stuck at ~100 us instead of ~10 us).  So a
+counterpart that answers within the spin is met spinning, and one that is idle, or
+that cannot run because the CPUs are busy (a spin would only take its CPU -- two
+processes on one CPU), costs a failed spin now and then, ever less often.
+PostgreSQL's ``WaitLatch`` does not spin (its ``s_lock`` spinlocks do); this is
+bgwlab's trade of a little CPU for latency.
 
 The fence
 ---------
@@ -139,9 +154,10 @@ SHM_DIR = "/dev/shm"
 # A full fence (see "The fence"); only trusted on x86-64.
 FENCED = platform.machine().lower() in ("x86_64", "amd64")
 # How long a wait looks at is_set before it says it may sleep (see "Spinning first").
-SPIN_US = int(os.environ.get("BGWLAB_LATCH_SPIN_US", "0"))
+SPIN_US = int(os.environ.get("BGWLAB_LATCH_SPIN_US", "100"))
 SPIN_MIN_US = 4
-PROBE_EVERY = 64  # sleeps without spinning before a spin is tried again
+PROBE_EVERY = 64  # sleeps without spinning before a spin is tried again ...
+PROBE_MAX = 1024  # ... doubling after every try that failed, up to this
 _spin_ns = None  # SPIN_US in ns, or 0 on a single CPU (decided at the first wait)
 
 
@@ -169,6 +185,21 @@ def my_start_ticks() -> int:
     if _me[0] != pid:  # first call, or a forked child
         _me = (pid, start_ticks(pid) or 0)
     return _me[1]
+
+
+def _any_running(peers) -> bool:
+    """May one of `peers` be running: not (yet) asleep on its latch, or just woken by us?
+    A hint only (read without a fence): it decides whether a spin may pay, never a wakeup."""
+    for p in peers:
+        w = p._w
+        if w is None or not w[W_OWNER_PID]:
+            continue  # closed, or its owner disowned it (exiting)
+        if not w[W_MAYBE_SLEEPING]:
+            p.woken = False
+            return True
+        if p.woken:
+            return True  # we wrote its FIFO: it is on its way back
+    return False
 
 
 def fence() -> None:
@@ -263,7 +294,9 @@ class SharedLatch:
         self._w = memoryview(buf)[offset:offset + NAME_OFF].cast("Q")
         self._spin = spin_ns()  # this latch's current spin (ns); 0: off until the next probe
         self._unspun = 0  # sleeps since the spin went off
-        self._poller, self._poll_fds = None, None
+        self._probe_every = PROBE_EVERY  # sleeps between two tries while it is off
+        self._counterparts = []  # Peers that set this latch (watch): spin only if one may run
+        self._poller, self._poll_also = None, None
         self._pm_news = True
         me = os.getpid()
         self._w[W_OWNER_START] = my_start_ticks()
@@ -288,25 +321,19 @@ class SharedLatch:
         w = self._w
         if w[W_IS_SET]:
             return []
-        if timeout != 0 and self._spinning():
-            spin = self._spin if timeout is None else min(self._spin, int(timeout * 1e9))
-            end = _now_ns() + spin
-            while _now_ns() < end:
-                if w[W_IS_SET]:
-                    self._spin = min(self._spin * 2, _spin_ns)  # it paid: spin as long again
-                    return []
-            self._spin >>= 1  # it did not: half as long next time, and stop below the floor
-            if self._spin < SPIN_MIN_US * 1000:
-                self._spin = 0
+        if timeout != 0 and self._spinning() and self._spin_now(timeout):
+            return []
         w[W_MAYBE_SLEEPING] = 1
         fence()  # (D): our maybe_sleeping before our load of is_set
         if w[W_IS_SET]:
             w[W_MAYBE_SLEEPING] = 0
             return []
         try:
-            ready = self._poll((self.fd, *also, *self.death_fds, *self.drain_fds), timeout)
+            ready = self._poll(also, timeout)
         finally:
             w[W_MAYBE_SLEEPING] = 0
+        if ready is None:
+            return []  # the common wakeup: our FIFO alone was readable (drained)
         if self.fd in ready:
             _drain(self.fd)
         for fd in self.drain_fds:
@@ -315,28 +342,73 @@ class SharedLatch:
         self.check_postmaster(ready)
         return [fd for fd in ready if fd in also]
 
+    def _spin_now(self, timeout) -> bool:
+        """The spin: look at is_set while a counterpart may be running.  True if it got set.
+        Adapts this latch's spin (see "Spinning first")."""
+        peers = self._counterparts
+        if not _any_running(peers):
+            return False  # nobody who could set it runs (or none attached yet): it cannot pay
+        w = self._w
+        spin = self._spin if timeout is None else min(self._spin, int(timeout * 1e9))
+        end = _now_ns() + spin
+        n = 0
+        while _now_ns() < end:
+            if w[W_IS_SET]:
+                self._spin = _spin_ns  # it paid: the whole spin again next time
+                self._probe_every = PROBE_EVERY
+                return True
+            n += 1
+            if not n & 15 and not _any_running(peers):
+                return False  # they went to sleep meanwhile: neither a success nor a failure
+        self._spin >>= 1  # it did not: half as long next time, and stop below the floor
+        if self._spin < SPIN_MIN_US * 1000:
+            self._spin = 0
+        return False
+
+    def watch(self, peer) -> None:
+        """Spin only while `peer` (a counterpart whose record is in our segment, one that
+        sets this latch) or another watched one may be running.  Without any watched
+        counterpart, a wait does not spin (MessageQueue watches its counterpart once it
+        has attached)."""
+        if peer is not None and peer._w is not None and peer not in self._counterparts:
+            self._counterparts.append(peer)
+
+    def unwatch(self, peer) -> None:
+        if peer in self._counterparts:
+            self._counterparts.remove(peer)
+
     def _spinning(self) -> bool:
         if self._spin:
             return True
         if not _spin_ns:
             return False
         self._unspun += 1
-        if self._unspun >= PROBE_EVERY:  # try again now and then: the load may have changed
+        if self._unspun >= self._probe_every:  # try again now and then: the load may have changed
             self._unspun = 0
-            self._spin = SPIN_MIN_US * 1000 * 2
+            self._probe_every = min(self._probe_every * 2, PROBE_MAX)  # a success resets it
+            self._spin = _spin_ns  # a whole spin: a counterpart asleep needs a wakeup's time
             return True
         return False
 
-    def _poll(self, fds, timeout):
-        # One poll object per latch, rebuilt only when the set of fds changes (a queue's
+    def _poll_fds_for(self, also) -> tuple:
+        return (self.fd, *also, *self.death_fds, *self.drain_fds)
+
+    def _poll(self, also, timeout):
+        """poll() our FIFO, `also` and the death and drain fds.  None when our FIFO alone
+        was readable -- the common wakeup, a set -- and is drained; else the readable fds
+        (the caller drains)."""
+        # One poll object per latch, rebuilt only when `also` changes (a queue's
         # counterpart attached or exited): the same few fds at every sleep.
-        if fds != self._poll_fds:
+        if also != self._poll_also or self._poller is None:
             p = select.poll()
-            for fd in fds:
+            for fd in self._poll_fds_for(also):
                 p.register(fd, select.POLLIN)
-            self._poller, self._poll_fds = p, fds
-        ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
-        return [fd for fd, _ in self._poller.poll(ms)]
+            self._poller, self._poll_also = p, also
+        events = self._poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999)))
+        if len(events) == 1 and events[0][0] == self.fd:
+            _drain(self.fd)
+            return None
+        return [fd for fd, _ in events]
 
     def set(self) -> None:
         """SetLatch on our own latch (another thread of ours, say)."""
@@ -395,17 +467,24 @@ class LeaderLatch(SharedLatch):
             self._ev = EventfdLatch()
             dispatcher.add(self._ev)
 
-    def _poll(self, fds, timeout):
+    def _poll_fds_for(self, also) -> tuple:
+        fds = super()._poll_fds_for(also)
+        return fds if self._ev is None else (*fds, self._ev.fileno())
+
+    def _poll(self, also, timeout):
         ev = self._ev
         if ev is None:
-            return super()._poll(fds, timeout)
+            return super()._poll(also, timeout)
         if self._pm_news:
+            fds = super()._poll_fds_for(also)
             ready = dispatcher.wait(ev, timeout, also=fds)  # also drains the signal pipe (main thread)
         else:
             # No handle news needed: our own poll object, with the eventfd in it all the
             # same (a notification the dispatcher delivered still wakes us).  Skips the
             # dispatcher's per-wait checks (its wakeup fd, its pipe), a few microseconds.
-            ready = super()._poll((*fds, ev.fileno()), timeout)
+            ready = super()._poll(also, timeout)
+            if ready is None:
+                return None
         if ev.fileno() in ready:
             ev.reset()
             self._w[W_IS_SET] = 1  # a notification is a set: the caller resets and looks
@@ -440,7 +519,7 @@ class Peer:
     readable once that process has exited: ``fd`` goes into waits.
     """
 
-    __slots__ = ("pid", "start", "fd", "_gone", "_w", "_name", "_wfd")
+    __slots__ = ("pid", "start", "fd", "_gone", "_w", "_name", "_wfd", "woken")
 
     def __init__(self, pid: int, start: int, buf=None, latch_offset: int = 0):
         self.pid, self.start = pid, start
@@ -450,6 +529,7 @@ class Peer:
         self._w = None
         self._name = None
         self._wfd = -1  # the FIFO's write end, opened at the first wakeup that needs it
+        self.woken = False  # we wrote its FIFO and have not seen it awake since (a spin hint)
         if buf is not None and latch_offset:
             self._name = _record_name(buf, latch_offset)
             self._w = memoryview(buf)[latch_offset:latch_offset + NAME_OFF].cast("Q")
@@ -500,6 +580,7 @@ class Peer:
                 self._name = None
                 raise
             self._wfd = fd
+        self.woken = True
         try:
             os.write(self._wfd, b"\0")
         except OSError:

@@ -170,6 +170,7 @@ class MessageQueue:
         self.pidfd_watched = False
         self.role = None  # "sender" | "receiver"
         self._peer: Peer | None = None
+        self._peer_also = None  # (the counterpart's pidfd,): what our waits poll besides the latch
         # sender state (shm_mq_handle): published counter + bytes not yet published
         self._written = 0
         self._send_pending = 0
@@ -252,6 +253,9 @@ class MessageQueue:
             pid = self._words[w_pid]
             if pid:  # TSO: loads in order, so the start and latch stored before it are here
                 self._peer = Peer(pid, self._words[w_start], self._buf, self._words[w_latch])
+                watch = getattr(self.latch, "watch", None)
+                if watch is not None:
+                    watch(self._peer)  # our waits spin only while it may be running
         return self._peer
 
     def _set_peer_latch(self) -> None:
@@ -296,13 +300,18 @@ class MessageQueue:
     def _wait(self) -> None:
         """Sleep on the latch until something may have changed; then reset it (the caller
         looks again before it waits again)."""
-        fd = self.peer_fd
-        if fd >= 0:  # attached: its pidfd tells us if it dies, no news from the postmaster needed
-            if self.latch.wait(also=(fd,), postmaster=False):
-                self._peer.mark_gone()  # its pidfd is readable: it exited
+        peer = self._peer or self._find_peer()
+        latch = self.latch
+        if peer is not None and peer.fd >= 0:
+            # attached: its pidfd tells us if it dies, no news from the postmaster needed
+            also = self._peer_also
+            if also is None or also[0] != peer.fd:
+                also = self._peer_also = (peer.fd,)  # the same tuple every time: poll object reused
+            if latch.wait(also=also, postmaster=False):
+                peer.mark_gone()  # its pidfd is readable: it exited
         else:
-            self.latch.wait()
-        self.latch.reset()
+            latch.wait()
+        latch.reset()
 
     def wait_for_attach(self) -> MqResult:
         """shm_mq_wait_for_attach: SUCCESS once the counterpart attached; DETACHED if it is
@@ -434,20 +443,33 @@ class MessageQueue:
         ring = self.ring_size
         if self._consume_pending > ring >> 2:
             self._flush_read()
-        if self._expected < 0:
+        while self._expected < 0:
             # Fast path: a whole message, unwrapped, already published.
             read = self._read
             used = self._words[W_WRITTEN] - read
-            if used >= 8:
-                off = read % ring
-                buf = self._ring
-                (nbytes,) = LENGTH_WORD.unpack_from(buf, off)  # a length word is never split
-                total = 8 + ((nbytes + 7) & ~7)
-                if used >= total and off + total <= ring and nbytes <= MAX_MESSAGE:
-                    msg = buf[off + 8:off + 8 + nbytes].tobytes()
-                    self._read = read + total
-                    self._consume_pending += total
-                    return SUCCESS, msg
+            if used < 8:
+                res, _, _ = self._receive_bytes(8, nowait)  # flushes, waits; then look again
+                if res is not SUCCESS:
+                    return res, None
+                continue
+            off = read % ring
+            buf = self._ring
+            (nbytes,) = LENGTH_WORD.unpack_from(buf, off)  # a length word is never split
+            total = 8 + ((nbytes + 7) & ~7)
+            if off + total > ring or nbytes > MAX_MESSAGE:
+                break  # wraps (or is larger than the ring): in pieces, below
+            if used >= total:
+                msg = buf[off + 8:off + 8 + nbytes].tobytes()
+                self._read = read + total
+                self._consume_pending += total
+                return SUCCESS, msg
+            # Begun but not all published: wait for the rest, then take it whole (the
+            # sender can write all of it: everything before it is consumed, and
+            # _receive_bytes gives those bytes back before it waits).
+            res, _, _ = self._receive_bytes(total, nowait)
+            if res is not SUCCESS:
+                return res, None
+        if self._expected < 0:
             res, rb, off = self._receive_bytes(8, nowait)
             if res is not SUCCESS:
                 return res, None
@@ -535,6 +557,9 @@ class MessageQueue:
         self._words.release()
         self._buf = None
         if self._peer is not None:
+            unwatch = getattr(self.latch, "unwatch", None)
+            if unwatch is not None:
+                unwatch(self._peer)
             self._peer.close()
 
     def _check_role(self, role) -> None:
