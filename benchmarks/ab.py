@@ -169,16 +169,28 @@ def main(argv=None) -> int:
 
 def _bytecode_sources(patch):
     files = sorted((HERE.parent / "bgwlab").glob("*.py")) + [HERE / "bench_entry.py"]
-    return files + ([HERE / "ab_patches" / f"{patch}.py"] if patch else [])
+    return files + (sorted((HERE / "ab_patches").glob("*.py")) if patch else [])  # (patches import patches)
 
 
 def compile_bytecode(patch) -> None:
-    """Write the bytecode of what the postmasters load (``__pycache__``, as an import that
-    may write bytecode would; a fresh file is rewritten with the same content)."""
+    """Write the bytecode of what the postmasters load, where they will look for it: the
+    private cache that ``Cluster.start()`` gives them under PYTHONDONTWRITEBYTECODE
+    (``cluster._bytecode_to_private_cache``), else ``__pycache__`` -- as an import that may
+    write bytecode would (a fresh file is rewritten with the same content).  Otherwise the
+    first postmaster to start after an edit (A's) compiles from source, and the compiler's
+    garbage stays in its heap."""
     import py_compile
 
-    for f in _bytecode_sources(patch):
-        py_compile.compile(str(f), doraise=True)
+    from bgwlab.cluster import _bytecode_to_private_cache
+
+    env = dict(os.environ)
+    _bytecode_to_private_cache(env)
+    saved, sys.pycache_prefix = sys.pycache_prefix, env.get("PYTHONPYCACHEPREFIX")
+    try:
+        for f in _bytecode_sources(patch):
+            py_compile.compile(str(f), doraise=True)
+    finally:
+        sys.pycache_prefix = saved
 
 
 def _cpu_ns(pid: int) -> int:

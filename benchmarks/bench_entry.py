@@ -1,7 +1,9 @@
 """Worker entry points for the benchmarks (they run inside bgwlab workers).
 
 The postmaster preloads this module (``Cluster.start(preload=...)`` in ``run.py``), so a
-forked worker pays no import for it.  ``WorkerSpec.extra`` carries the path of a
+forked worker pays no import for it; it is the only module the benchmark's postmasters
+preload (not ``bgwlab.examples``, a teaching module: the postmaster's image is measured as
+the engine makes it, see "The image" in ``bgwlab/postmaster.py``).  ``WorkerSpec.extra`` carries the path of a
 directory with two FIFOs that the registrant holds open read-write (so that no
 ``open()`` here can block):
 
@@ -17,6 +19,18 @@ import os
 import time
 
 from bgwlab import worker
+
+
+def noop(arg: int = 0) -> None:
+    """Return at once (exit 0): the failed starts' and the cycles' entry.  (The crash trial
+    names ``bench_entry:no_such_entry``: the module is loaded, the function is missing.)"""
+
+
+def sleep_forever(arg: int = 0) -> None:
+    """The busy phase's sleepers: run until terminated or the postmaster dies."""
+    while worker.sleep(3600):
+        pass
+    raise SystemExit(1)
 
 
 def timed(arg: int = 0) -> None:

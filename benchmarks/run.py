@@ -66,7 +66,7 @@ if str(HERE) not in sys.path:
 
 import report  # noqa: E402
 
-PRELOAD = ("bgwlab.examples", "bench_entry")
+PRELOAD = ("bench_entry",)  # (the entries of every timed worker; see bench_entry.py)
 HEAP_MB = 200
 
 
@@ -297,7 +297,7 @@ class Bench:
         from bgwlab import NEVER_RESTART, WorkerSpec
 
         b = cluster.connect()
-        spec = WorkerSpec(name="busy", entry="bgwlab.examples:sleep_forever", main_arg=0,
+        spec = WorkerSpec(name="busy", entry="bench_entry:sleep_forever", main_arg=0,
                           extra=b"", restart=NEVER_RESTART, notify=False)
         for _ in range(n):
             b.register_dynamic_worker(spec)

@@ -90,16 +90,16 @@ class Registrant:
             return WorkerSpec(name="bench-timed", entry="bench_entry:timed", main_arg=0,
                               extra=self.dir.encode(), restart=NEVER_RESTART, notify=True)
         if kind == "fail":
-            return WorkerSpec(name="bench-fail", entry="bgwlab.examples:noop", main_arg=0,
+            return WorkerSpec(name="bench-fail", entry="bench_entry:noop", main_arg=0,
                               extra=b"", restart=NEVER_RESTART, notify=True,
                               fault=Fault.fork_failure())
         if kind == "genuine":  # on the cluster whose postmaster is in a pids cgroup at its limit
-            return WorkerSpec(name="bench-genuine-fail", entry="bgwlab.examples:noop",
+            return WorkerSpec(name="bench-genuine-fail", entry="bench_entry:noop",
                               main_arg=0, extra=b"", restart=NEVER_RESTART, notify=True)
         if kind == "crash":  # the entry point cannot be resolved: an early crash, not injected
-            return WorkerSpec(name="bench-crash", entry="bgwlab.examples:no_such_entry",
+            return WorkerSpec(name="bench-crash", entry="bench_entry:no_such_entry",
                               main_arg=0, extra=b"", restart=NEVER_RESTART, notify=True)
-        return WorkerSpec(name="bench-cycle", entry="bgwlab.examples:noop", main_arg=0,
+        return WorkerSpec(name="bench-cycle", entry="bench_entry:noop", main_arg=0,
                           extra=b"", restart=NEVER_RESTART, notify=True)
 
     # -- commands ---------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Cluster: start, join and stop a postmaster with its shared memory.
 
-``Cluster.start()`` runs ``python -S -u -m bgwlab.postmaster DIR`` as a separate process
-(never a fork of the caller: a Jupyter kernel has a dozen threads) and returns once the
-postmaster has created the segment and is ready to serve.
+``Cluster.start()`` runs the postmaster (``bgwlab.postmaster.main``) in a separate
+``python -S -u`` process (never a fork of the caller: a Jupyter kernel has a dozen threads)
+and returns once the postmaster has created the segment and is ready to serve.
 """
 
 from __future__ import annotations
@@ -25,6 +25,11 @@ from .events import Event, read_events, write_jsonl
 from .procinfo import start_ticks
 
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+# What the postmaster process runs: the same as ``python -S -u -m bgwlab.postmaster DIR FD``,
+# without -m's runpy, whose imports (importlib.util, contextlib, functools, collections...)
+# would stay in the postmaster's heap -- ~0.85 MB that every fork() copies (see "The image"
+# in postmaster.py).
+_POSTMASTER_MAIN = "import sys; from bgwlab.postmaster import main; sys.exit(main(sys.argv))"
 
 
 def _bytecode_to_private_cache(env: dict) -> None:
@@ -154,7 +159,7 @@ class Cluster:
         log = open(d / "postmaster.log", "ab")
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-S", "-u", "-m", "bgwlab.postmaster", str(d), str(w)],
+                [sys.executable, "-S", "-u", "-c", _POSTMASTER_MAIN, str(d), str(w)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, pass_fds=(w,),
                 cwd=os.getcwd(), env=env, start_new_session=True)
         finally:

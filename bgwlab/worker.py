@@ -10,10 +10,9 @@ Code running in a worker may call ``current()``, ``postmaster_alive()`` and
 """
 
 import os
-import signal
 import sys
 
-import _signal  # signal's C module; see child_main, step 1
+import _signal  # signal's C module, not signal: see child_main, step 1
 
 _current = None
 _alive_fd = -1
@@ -161,7 +160,8 @@ def child_main(pm, rw) -> None:
         #    Through _signal, not signal: signal's wrappers turn every old handler and
         #    mask they return into enum members, and that enum machinery touched ~80
         #    pages the postmaster shares with us, each a copy-on-write fault (a third of
-        #    a new worker's start-up CPU; A/B in benchmarks/README.md).  Same calls.
+        #    a new worker's start-up CPU; A/B in benchmarks/README.md).  Same calls.  (The
+        #    postmaster does not load signal at all: see "The image" in postmaster.py.)
         _wake_fd, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         _signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         for s in (_signal.SIGUSR1, _signal.SIGINT, _signal.SIGHUP):
@@ -177,7 +177,7 @@ def child_main(pm, rw) -> None:
         if pm.pdeathsig:
             from .procinfo import set_parent_death_signal
 
-            set_parent_death_signal(signal.SIGKILL)
+            set_parent_death_signal(_signal.SIGKILL)
             if os.getppid() != pm.pid:
                 os._exit(1)
         # 3. Fds that only the postmaster may hold (above all: the alive pipe's write end).
@@ -202,7 +202,7 @@ def child_main(pm, rw) -> None:
             os._exit(rec.crash_exit_code)
         if rec.crash_signal:
             events.emit("early_crash", slot, gen, injected=True, signal=rec.crash_signal)
-            signal.signal(rec.crash_signal, signal.SIG_DFL)
+            _signal.signal(rec.crash_signal, _signal.SIG_DFL)
             os.kill(os.getpid(), rec.crash_signal)
             os._exit(1)  # only if the signal did not kill us
         # 5. Find the user's code.  Failing here is an early crash, never a postmaster failure.

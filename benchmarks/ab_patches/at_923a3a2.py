@@ -10,11 +10,12 @@ import old_event_encoder  # noqa: F401
 from old_event_encoder import registrant_writer  # noqa: F401  (ab.py: A's registrant too)
 import old_pm_logging  # noqa: F401
 import old_wake_path  # noqa: F401  (after old_pm_logging: its run is the old one)
+import old_image  # noqa: F401  (signal, zlib, runpy's modules loaded, as they were)
 
 from bgwlab import postmaster as _imported
 
 pm = sys.modules["__main__"] if hasattr(sys.modules["__main__"], "Postmaster") else _imported
-signal = pm.signal
+import signal  # noqa: E402  (the postmaster itself no longer loads it: old_image)
 
 
 def start_worker(self, rw) -> None:

@@ -10,3 +10,4 @@ import old_crash_path  # noqa: F401
 import old_ctypes_preload  # noqa: F401
 import old_signal_wrappers  # noqa: F401
 import old_notify_order  # noqa: F401  (start_worker before every change: after old_pm_logging)
+import old_image  # noqa: F401

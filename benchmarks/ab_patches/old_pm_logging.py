@@ -18,7 +18,7 @@ from bgwlab import shmem
 # The postmaster runs as ``python -m bgwlab.postmaster``: its code is the module __main__,
 # not the (separately imported) bgwlab.postmaster -- patch the one that runs.
 pm = sys.modules["__main__"] if hasattr(sys.modules["__main__"], "Postmaster") else _imported
-signal = pm.signal
+import signal  # noqa: E402  (the postmaster itself no longer loads it: old_image)
 
 
 def run(self) -> int:

@@ -13,7 +13,7 @@ from bgwlab import postmaster as _imported
 from bgwlab import shmem
 
 pm = sys.modules["__main__"] if hasattr(sys.modules["__main__"], "Postmaster") else _imported
-signal = pm.signal
+import signal  # noqa: E402  (the postmaster itself no longer loads it: old_image)
 
 
 def run(self) -> int:
