@@ -120,12 +120,10 @@ def test_the_default_preload_keeps_the_image_lean(cluster, backend):
 def test_the_postmaster_maps_only_the_shared_objects_it_needs():
     from bgwlab import Cluster
 
-    bare = subprocess.Popen([sys.executable, "-S", "-c", "import sys; sys.stdin.read()"],
-                            stdin=subprocess.PIPE)
+    bare = subprocess.Popen([sys.executable, "-S", "-c", "import sys; print(flush=True); sys.stdin.read()"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        import time
-
-        time.sleep(0.5)  # (a bare interpreter is up long before that)
+        assert bare.stdout.readline() == b"\n"  # up: its libraries are mapped
         baseline = shared_objects(bare.pid)
     finally:
         bare.communicate(b"")
