@@ -342,21 +342,27 @@ class MessageQueue:
             msg = b"".join(parts) if len(parts) != 1 else parts[0]
             if type(msg) is bytes or type(msg) is bytearray:
                 n = len(msg)
-                # Fast path: the whole message fits, unwrapped, in the free part of the ring.
                 words, ring = self._words, self.ring_size
                 total = 8 + ((n + 7) & ~7)
-                written = self._written
-                off = written % ring
-                if (off + total <= ring and total <= ring - (written - words[W_READ])
-                        and n <= MAX_MESSAGE and not words[W_DETACHED]):
-                    buf = self._ring
-                    LENGTH_WORD.pack_into(buf, off, n)
-                    buf[off + 8:off + 8 + n] = msg
-                    self._written = written + total
-                    self._send_pending += total
-                    if flush or self._send_pending > ring >> 2:
-                        self._flush_written()
-                    return SUCCESS
+                while n <= MAX_MESSAGE and (self._written % ring) + total <= ring:
+                    # Fast path: the whole message goes, unwrapped, into the free part of
+                    # the ring in one step.
+                    written = self._written
+                    if total <= ring - (written - words[W_READ]) and not words[W_DETACHED]:
+                        off = written % ring
+                        buf = self._ring
+                        LENGTH_WORD.pack_into(buf, off, n)
+                        buf[off + 8:off + 8 + n] = msg
+                        self._written = written + total
+                        self._send_pending += total
+                        if flush or self._send_pending > ring >> 2:
+                            self._flush_written()
+                        return SUCCESS
+                    # Not room enough yet: wait for room for all of it (the receiver takes
+                    # an unwrapped message whole anyway), rather than write it piece by piece.
+                    res = self._wait_for_room(total, nowait)
+                    if res is not SUCCESS:
+                        return res  # nothing of it written: a retry may send anything
             else:
                 msg = memoryview(msg).cast("B")
             n = len(msg)
@@ -384,6 +390,22 @@ class MessageQueue:
         if flush or self._send_pending > self.ring_size // 4:
             self._flush_written()
         return SUCCESS
+
+    def _wait_for_room(self, total: int, nowait: bool) -> MqResult:
+        """Wait until `total` bytes of the ring are free (total <= ring size).  Publishes
+        what we wrote first, so that the receiver can make that room."""
+        words = self._words
+        while True:
+            if words[W_DETACHED]:
+                return DETACHED
+            if total <= self.ring_size - (self._written - words[W_READ]):
+                return SUCCESS
+            self._flush_written()  # let the receiver see everything before we wait
+            if self._counterparty_gone(nowait and not self.pidfd_watched):
+                return DETACHED
+            if nowait:
+                return WOULD_BLOCK
+            self._wait()  # then reset: the loop looks again before it waits again
 
     def flush(self) -> None:
         """Publish every byte sent so far (and set the receiver's latch if it may sleep).
