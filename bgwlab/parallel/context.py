@@ -20,13 +20,14 @@ import re
 
 from ..backend import NOT_YET_STARTED, STARTED
 from ..errors import BgwError, OutOfWorkerSlots
+from ..latch import EventfdLatch, dispatcher
 from ..spec import NEVER_RESTART, Fault, WorkerSpec
 from . import dsm
 from .errors import ParallelWorkerError, ParallelWorkerFailed
-from .latch import LeaderLatch, create_latches, latch_space
-from .layout import (ERROR_QUEUE_SIZE, FIXED, KEY_DATA_QUEUE, KEY_ENTRYPOINT, KEY_ERROR_QUEUE,
-                     KEY_FIXED, KEY_LATCHES, KEY_PAYLOAD, N_KEYS, PARALLEL_MAGIC, Layout,
-                     encode_extra)
+from .latch import LeaderLatch, create_latches, fence, latch_space
+from .layout import (ATTACH_NAME_OFF, ATTACH_SIZE, ERROR_QUEUE_SIZE, FIXED, KEY_ATTACH,
+                     KEY_DATA_QUEUE, KEY_ENTRYPOINT, KEY_ERROR_QUEUE, KEY_FIXED, KEY_LATCHES,
+                     KEY_PAYLOAD, N_KEYS, PARALLEL_MAGIC, Layout, encode_extra)
 from .mq import DETACHED, MAX_MESSAGE, SUCCESS, WOULD_BLOCK, MessageQueue, mq_create
 from .toc import Toc
 
@@ -97,6 +98,8 @@ class ParallelContext:
         self._closed = False
         self._queues: list[MessageQueue] = []
         self._latch = None
+        self._attach_word = None  # the attach chunk's word 0 (launched + 1), a view
+        self._attach_fd = -1  # read end of the attach wakeup FIFO
         dsm.remove_orphans()  # what leaders killed with SIGKILL left behind
         ring = queue_size & ~7
         self.layout = lay = Layout(nworkers, len(entry), len(payload), ring, ERROR_QUEUE_SIZE)
@@ -132,6 +135,7 @@ class ParallelContext:
         latch_base = toc.allocate(latch_space(lay.nworkers + 1))
         create_latches(self.segment, latch_base, lay.nworkers + 1)  # + their FIFOs
         toc.insert(KEY_LATCHES, latch_base)
+        self._create_attach_wakeup(toc)
         self._latch = LeaderLatch(self.backend, buf, lay.latch(latch_base, 0))
         self._pending = []
         for i in range(lay.nworkers):
@@ -145,6 +149,26 @@ class ParallelContext:
                 mq.pidfd_watched = True  # _wait polls the worker's pidfd for both queues
                 pair.append(mq)
             self._pending.append(pair)
+
+    def _create_attach_wakeup(self, toc: Toc) -> None:
+        """The attach chunk and its FIFO (see wait_for_attach).  Before any registration."""
+        buf = self.segment.buf
+        off = toc.allocate(ATTACH_SIZE)
+        name = self.segment.create_fifo(dsm.ATTACH_TAG).encode("ascii")
+        if ATTACH_NAME_OFF + len(name) > ATTACH_SIZE:
+            raise ValueError(f"attach FIFO name too long: {name!r}")
+        words = memoryview(buf)[off:off + ATTACH_NAME_OFF].cast("Q")
+        try:
+            words[0] = 0  # launched + 1: not yet known
+            words[1] = len(name)
+        finally:
+            words.release()
+        buf[off + ATTACH_NAME_OFF:off + ATTACH_NAME_OFF + len(name)] = name
+        toc.insert(KEY_ATTACH, off)
+        # O_RDWR, as a latch's FIFO: we stay a writer, so poll() never sees POLLHUP
+        self._attach_fd = os.open(os.path.join(dsm.SHM_DIR, name.decode()),
+                                  os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+        self._attach_word = memoryview(buf)[off:off + 8].cast("Q")
 
     # -- launching ---------------------------------------------------------------------------
     def launch(self) -> int:
@@ -178,6 +202,10 @@ class ParallelContext:
             data_mq.set_handle(handle)
             self.workers.append(WorkerState(i, handle, error_mq, data_mq))
             self.nworkers_launched += 1
+        # How many the workers must count before the last of them wakes wait_for_attach.
+        self._attach_word[0] = self.nworkers_launched + 1
+        fence()  # our store before our loads of the workers' sender pids (the worker's side:
+        #          worker._announce_attach stores its pid, fences, then loads this word)
         self.backend.events.emit("parallel_launched", segment=name, planned=self.nworkers_planned,
                                  launched=self.nworkers_launched)
         return self.nworkers_launched
@@ -261,17 +289,33 @@ class ParallelContext:
     def wait_for_attach(self) -> None:
         """WaitForParallelWorkersToAttach: return once every launched worker has attached to
         its error queue (or finished cleanly).  Raises ParallelWorkerFailed naming a worker
-        that stopped before attaching, or ParallelWorkerError if one already failed."""
+        that stopped before attaching, or ParallelWorkerError if one already failed.
+
+        It does not sleep on the leader's latch, which every step of every worker's queues
+        sets (attach, messages, report, detach: a dozen wakeups for four workers).  It
+        sleeps on what can end the wait: the attach wakeup -- a FIFO that the *last*
+        launched worker to attach writes once (worker._announce_attach) -- and the
+        postmaster's notifications (a worker that stopped before attaching).  Meanwhile
+        the latch's setters find it awake (maybe_sleeping = 0) and make no system call;
+        whoever waits on it next resets and looks first, as always.
+        """
         self._check_open()
-        while True:
-            self._latch.reset()
-            errors = self._handle_messages()
-            if errors:
-                raise errors[0][1]
-            pending = [w for w in self.workers if not (w.attached or w.finished)]
-            if not pending:
-                return
-            self._wait(pending)
+        ev = EventfdLatch()
+        dispatcher.add(ev)  # from here on, a handle's news sets `ev`
+        try:
+            while True:
+                ev.reset()
+                _drain_fifo(self._attach_fd)
+                errors = self._handle_messages()  # after the resets: a wakeup after our look is kept
+                if errors:
+                    raise errors[0][1]
+                if all(w.attached or w.finished for w in self.workers):
+                    return
+                ready = dispatcher.wait(ev, None, also=(self._attach_fd, *self._latch.death_fds))
+                self._latch.check_postmaster(ready)
+        finally:
+            dispatcher.remove(ev)
+            ev.close()
 
     def messages(self):
         """Yield (worker number, bytes) until every launched worker has detached its data
@@ -362,6 +406,12 @@ class ParallelContext:
         if latch is not None:
             latch.close()
             self._latch = None
+        if getattr(self, "_attach_word", None) is not None:
+            self._attach_word.release()  # (before the unmap)
+            self._attach_word = None
+        if getattr(self, "_attach_fd", -1) >= 0:
+            os.close(self._attach_fd)
+            self._attach_fd = -1
         self.segment.destroy()
         if self.backend.events.fd >= 0:
             self.backend.events.emit("parallel_context_destroyed", segment=self.segment.name)
@@ -379,6 +429,14 @@ class ParallelContext:
     def __repr__(self):
         return (f"<ParallelContext {self.entry} planned={self.nworkers_planned} "
                 f"launched={self.nworkers_launched} segment={self.segment.name}>")
+
+
+def _drain_fifo(fd: int) -> None:
+    try:
+        while len(os.read(fd, 4096)) == 4096:
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _quietly(fn) -> None:

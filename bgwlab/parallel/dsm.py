@@ -25,7 +25,8 @@ Names and who frees them
   they are unmapped; the kernel frees the pages after the name and the last mapping.
 
 A segment has a family: the named FIFOs of its latches (latch.py),
-``/dev/shm/<segment name>.latch<k>``, mode 0600, made by the leader with the segment
+``/dev/shm/<segment name>.latch<k>``, and of a parallel context's attach wakeup
+(context.py), ``<segment name>.attach``, mode 0600, made by the leader with the segment
 (``create_fifo``) and removed with it, on the same rule -- by ``destroy``, or by anyone
 once the leader is gone (``remove_if_leader_gone`` removes the whole family,
 ``remove_orphans`` every name whose leader is gone).
@@ -53,6 +54,7 @@ SHM_DIR = "/dev/shm"
 PREFIX = "bgwlab."
 MAX_SIZE = 1 << 36  # 64 GiB: far beyond any lesson; refuses a corrupt size early
 FIFO_TAG = "latch"  # <segment name>.latch<k>: the FIFO of latch record k
+ATTACH_TAG = "attach"  # <segment name>.attach: a parallel context's attach wakeup FIFO
 
 
 _me = (0, 0)  # (pid, its start ticks), read from /proc once per process
@@ -80,11 +82,12 @@ def segment_name(leader_pid: int, leader_start: int, token: int) -> str:
 
 def parse_name(name: str) -> tuple[int, int, int] | None:
     """(leader pid, leader start ticks, token) of one of our names -- a segment's, or one
-    of its latch FIFOs' (``<segment name>.latch<k>``) -- or None."""
+    of its FIFOs' (``<segment name>.latch<k>``, ``<segment name>.attach``) -- or None."""
     if not name.startswith(PREFIX) or "/" in name:
         return None
     parts = name[len(PREFIX):].split(".")
-    if len(parts) == 4 and parts[3].startswith(FIFO_TAG) and parts[3][len(FIFO_TAG):].isdigit():
+    if len(parts) == 4 and (parts[3] == ATTACH_TAG or (
+            parts[3].startswith(FIFO_TAG) and parts[3][len(FIFO_TAG):].isdigit())):
         parts = parts[:3]
     if len(parts) != 3:
         return None
@@ -242,7 +245,7 @@ def remove_if_leader_gone(name: str, *, known_gone: bool = False) -> bool:
     removed = _unlink(os.path.join(SHM_DIR, name))
     if len(name[len(PREFIX):].split(".")) == 3:  # a segment: its FIFOs too (rare path)
         try:
-            family = [n for n in os.listdir(SHM_DIR) if n.startswith(name + "." + FIFO_TAG)]
+            family = [n for n in os.listdir(SHM_DIR) if n.startswith(name + ".")]
         except OSError:
             family = []
         for n in family:

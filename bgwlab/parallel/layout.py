@@ -9,10 +9,14 @@ PostgreSQL's ``InitializeParallelDSM`` places, through the table of contents (to
     PARALLEL_KEY_DATA_QUEUE   nworkers data queues (PostgreSQL's executor tuple queues)
     PARALLEL_KEY_LATCHES      1 + nworkers latch records (latch.py): the leader's, then
                               worker i's at 1 + i (PostgreSQL's procLatch lives in PGPROC)
+    KEY_ATTACH                (bgwlab's) the attach wakeup: nworkers_launched + 1 once
+                              launch() has registered them all (0 before), and the name of
+                              the FIFO that the last worker to attach writes (context.py)
 
 Worker ``i`` sends on queue ``i`` of each array; the leader is the receiver of all of
 them, set before any worker exists.  Written only by the leader, before the first
-registration; read-only afterwards (queues excepted: they have their own protocol).
+registration; read-only afterwards (queues excepted: they have their own protocol; and
+the attach word, which the leader stores once, after the last registration).
 """
 
 from __future__ import annotations
@@ -23,9 +27,14 @@ from .latch import LATCH_SIZE, latch_space
 from .mq import queue_size_for
 from .toc import Toc, TocEstimator, align
 
-PARALLEL_MAGIC = 0x42475750_00000002  # "BGWP", version 2 (latch records)
+PARALLEL_MAGIC = 0x42475750_00000003  # "BGWP", version 3 (the attach wakeup)
 KEY_FIXED, KEY_ENTRYPOINT, KEY_PAYLOAD, KEY_ERROR_QUEUE, KEY_DATA_QUEUE, KEY_LATCHES = 1, 2, 3, 4, 5, 6
-N_KEYS = 6
+KEY_ATTACH = 7
+N_KEYS = 7
+# The attach chunk (native u64 words): word 0 launched + 1 (0: not yet known), word 1 the
+# FIFO name's length, then the name (ASCII).
+ATTACH_SIZE = 128
+ATTACH_NAME_OFF = 16
 ERROR_QUEUE_SIZE = 16384  # PARALLEL_ERROR_QUEUE_SIZE
 # leader_pid, leader_start, nworkers, entry_len, payload_len, error ring, data ring
 FIXED = struct.Struct("<qQIIQQQ")
@@ -44,7 +53,7 @@ class Layout:
         est = TocEstimator()
         est.key(N_KEYS)
         for size in (FIXED.size, entry_len, max(payload_len, 1), self.error_stride * max(nworkers, 1),
-                     self.data_stride * max(nworkers, 1), latch_space(nworkers + 1)):
+                     self.data_stride * max(nworkers, 1), latch_space(nworkers + 1), ATTACH_SIZE):
             est.chunk(size)
         self.size = est.estimate()
 
@@ -83,8 +92,11 @@ def read_fixed(toc: Toc, buf) -> dict:
     l_off = toc.lookup(KEY_LATCHES)
     if l_off + latch_space(nworkers + 1) > len(buf):
         raise ValueError("corrupt parallel state (latch records outside the segment)")
+    a_off = toc.lookup(KEY_ATTACH)
+    if a_off % 8 or a_off + ATTACH_SIZE > len(buf):
+        raise ValueError("corrupt parallel state (attach chunk outside the segment)")
     return dict(leader_pid=pid, leader_start=start, nworkers=nworkers, layout=lay,
                 entry=bytes(buf[e_off:e_off + entry_len]).decode(),
                 payload_off=p_off, payload_len=payload_len,
                 error_base=toc.lookup(KEY_ERROR_QUEUE), data_base=toc.lookup(KEY_DATA_QUEUE),
-                latch_base=l_off)
+                latch_base=l_off, attach_off=a_off)

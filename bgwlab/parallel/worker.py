@@ -9,15 +9,17 @@ carries ``ErrorResponse`` and ``Terminate`` messages.
 
 from __future__ import annotations
 
+import os
 import select
+import stat
 import sys
 
 from .. import worker as _bgw  # the engine's worker module (always loaded in a worker)
 from . import dsm
 from .errors import LeaderDetached
 from .latch import Peer, WorkerLatch
-from .layout import PARALLEL_MAGIC, decode_extra, read_fixed
-from .mq import SUCCESS, MessageQueue
+from .layout import ATTACH_NAME_OFF, ATTACH_SIZE, PARALLEL_MAGIC, decode_extra, read_fixed
+from .mq import SUCCESS, W_SENDER, MessageQueue
 from .toc import Toc
 
 MAX_ERROR_TEXT = 12 * 1024  # bytes: under the error queue's 16 KiB ring
@@ -88,6 +90,7 @@ def main(main_arg: int) -> None:
         queues.append(data_mq)
         error_mq.set_sender()  # attached: from here on the leader learns how we end
         data_mq.set_sender()
+        _announce_attach(seg.buf, fixed, number)
         leader = _leader_of(error_mq, fixed["leader_pid"], fixed["leader_start"])
         payload = bytes(seg.buf[fixed["payload_off"]:fixed["payload_off"] + fixed["payload_len"]])
         report, error = _run(fixed["entry"], ParallelWorker(number, payload, fixed["nworkers"], data_mq,
@@ -115,6 +118,56 @@ def main(main_arg: int) -> None:
             # A killed leader's segment is ours to free.  A leader our pidfd saw alive frees
             # its own (or, if it dies after this look, remove_orphans() does).
             dsm.remove_if_leader_gone(name, known_gone=known_gone)
+
+
+def _announce_attach(buf, fixed: dict, number: int) -> None:
+    """Wake the leader's wait_for_attach if we are the last launched worker to attach --
+    or if the leader has not yet said how many it launched.  Worker only, after
+    set_sender on our error queue (which stored our pid, then fenced).
+
+    Ordering (Dekker, as the latch's): we store our sender pid, fence, load the attach word
+    and the other workers' sender pids; the leader stores the attach word, fences, loads
+    the sender pids.  Of two last workers attaching at once, at least one sees the other's
+    pid and writes; a leader that misses our pid in its look gets our byte."""
+    a = fixed["attach_off"]
+    words = memoryview(buf)[a:a + ATTACH_NAME_OFF].cast("Q")
+    try:
+        launched, name_len = words[0] - 1, words[1]
+    finally:
+        words.release()
+    if launched > 0:
+        lay, base = fixed["layout"], fixed["error_base"]
+        for i in range(launched):
+            if i != number and not _load_word(buf, lay.error_queue(base, i) + 8 * W_SENDER):
+                return  # worker i has still to attach: it will look after it has
+    if not 0 < name_len <= ATTACH_SIZE - ATTACH_NAME_OFF:
+        raise ValueError("corrupt parallel state (attach FIFO name)")
+    name = bytes(buf[a + ATTACH_NAME_OFF:a + ATTACH_NAME_OFF + name_len]).decode("ascii")
+    if "/" in name or dsm.parse_name(name) is None or not name.endswith("." + dsm.ATTACH_TAG):
+        raise ValueError(f"corrupt parallel state (attach FIFO name {name!r})")
+    try:
+        fd = os.open(os.path.join(dsm.SHM_DIR, name),
+                     os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return  # ENXIO: its reader is closed (the leader is done); ENOENT: it is gone
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISFIFO(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise PermissionError(f"{name} is not a private FIFO of this user")
+        os.write(fd, b"\0")
+    except BlockingIOError:
+        pass  # full: a wakeup is pending anyway
+    finally:
+        os.close(fd)
+
+
+def _load_word(buf, offset: int) -> int:
+    """One aligned 8-byte load (a memoryview cast, as the queues' words are read)."""
+    w = memoryview(buf)[offset:offset + 8].cast("Q")
+    try:
+        return w[0]
+    finally:
+        w.release()
 
 
 class _LeaderByQueue:
