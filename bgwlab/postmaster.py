@@ -21,19 +21,22 @@ has touched, and every mapping (each shared library is four or five).  A fork th
 fails copies them all too -- the kernel's pids check comes after the copy -- and then
 tears the copy down.  So what the postmaster loads before its first fork is paid on
 every start, failed or not.  It loads the C modules it needs (``posix``, ``_signal``,
-``select``, ``mmap``, ``_struct``, ``zlib`` for the slot's CRC) and little else:
+``select``, ``mmap``, ``_struct``) and little else:
 
 * ``_signal``, not ``signal``: ``signal``'s enum wrappers import ``enum``, ``functools``,
   ``collections``, ``operator``, ``reprlib``, ``keyword`` and ``types`` -- about 0.8 MB of
   heap.  The calls are the same; the signal numbers are plain ints.
+* no ``zlib``: the slot's checksum is computed with Python's integers
+  (``shmem.spec_checksum``); zlib's module and libz were ten mappings.
 * no runpy: ``python -m`` leaves ``importlib.util``, ``contextlib``, ``warnings`` (and
   with them functools and collections again) in the heap, so ``Cluster.start()`` calls
   ``main`` through ``-c`` instead.
 * ``gc.freeze()`` once everything is loaded (``setup``).
 
-Together: 4.0 -> 3.1 MB of private memory, 65 -> 54 mappings; in an interleaved A/B
-(``benchmarks/ab_patches/old_image.py`` puts the old image back) start 0.91-0.94x,
-genuine fork failure 0.88-0.89x, the postmaster's CPU per start 0.88-0.89x.
+Together: 4.0 -> 3.1 MB of private memory, 65 -> 55 mappings.  Interleaved A/Bs (B / A;
+``benchmarks/ab_patches/old_image.py`` and ``old_crc.py`` put the old image back): without
+signal and runpy, start 0.91-0.94x, genuine fork failure 0.88-0.93x, the postmaster's CPU
+per start 0.88-0.91x; without zlib, start and genuine fork failure 0.98-1.00x.
 ``tests/test_postmaster_image.py`` checks what a running postmaster has loaded when it
 forks, so that a later import cannot grow the image unnoticed.
 """

@@ -20,7 +20,7 @@ Ownership protocol (PostgreSQL's ``BackgroundWorkerSlot``, bgworker.c)
 
 * ``in_use == 0``: the slot belongs to the registrants.  A registrant holding the
   registration lock (``flock`` on ``DIR/registration.lock``; the kernel drops it if the
-  holder dies) may write every field of the record.  It writes the spec and its CRC,
+  holder dies) may write every field of the record.  It writes the spec and its checksum,
   then ``generation``, then ``pid = -1``, then ``terminate = 0``, and **last**
   ``in_use = 1``.
 * ``in_use == 1``: the slot belongs to the postmaster.  Only the postmaster writes
@@ -39,7 +39,7 @@ not in a slot, not across slots, and not across a crash-restart, where the postm
 re-seeds the counter above every generation it has ever accepted.
 
 The postmaster takes no lock, ever.  It never trusts the segment: it copies a slot's
-spec into private memory when it first sees ``in_use`` go to 1, checks the CRC and
+spec into private memory when it first sees ``in_use`` go to 1, checks the checksum and
 every field, and from then on works only from its copy.  A scribbled slot can make one
 worker fail to start; it cannot crash or wedge the postmaster.
 
@@ -59,9 +59,9 @@ Python gives us no barrier instructions, so ordering comes from three places:
    everything written before the signal.
 3. Validation for the cases the first two do not cover (a postmaster woken by an
    unrelated signal on a weakly ordered CPU, a torn read, a scribbler): the spec carries
-   a CRC over itself and its generation.  A slot whose CRC does not match is not
-   rejected at once: it is looked at again a little later (``RECHECK_NS``), and only a
-   slot that is still inconsistent then is rejected and freed.
+   a checksum over itself and its generation (``spec_checksum``).  A slot whose checksum
+   does not match is not rejected at once: it is looked at again a little later
+   (``RECHECK_NS``), and only a slot that is still inconsistent then is rejected and freed.
 
 4. One store per field.  ``struct.pack_into`` must never write a field another process
    may be reading: CPython's packer first zeroes the whole struct (``memset``) and then
@@ -89,13 +89,12 @@ import mmap
 import os
 import struct
 import sys
-import zlib
 
 if sys.byteorder != "little":  # the layout is little-endian and the typed views are native
     raise ImportError("bgwlab's shared-memory layout needs a little-endian CPU")
 
 MAGIC = b"BGWLAB\x00\x01"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: a 64-bit checksum (spec_checksum) where 1 had zlib's CRC-32
 PAGE = 4096
 
 # Postmaster states (header.state)
@@ -125,7 +124,7 @@ BACKEND_SIZE = BACKEND.size  # 32
 # --- slot record ---------------------------------------------------------------------
 # The first 16 bytes are the dynamic part: generation (registrant, while in_use == 0)
 # and pid (postmaster, while in_use == 1).  The rest is the spec, written only while
-# in_use == 0 and covered by the CRC.
+# in_use == 0 and covered by the checksum.
 SLOT_DYN = struct.Struct("<Qi4x")
 SLOT_SPEC = struct.Struct(
     "<"
@@ -147,10 +146,10 @@ SLOT_SPEC = struct.Struct(
     "256s"  # entry "module:function"
     "128s"  # extra
 )
-SLOT_CRC = struct.Struct("<I")
+SLOT_CHECKSUM = struct.Struct("<Q")
 SPEC_OFF = SLOT_DYN.size
-CRC_OFF = SPEC_OFF + SLOT_SPEC.size
-SLOT_SIZE = (CRC_OFF + SLOT_CRC.size + 63) // 64 * 64
+CHECKSUM_OFF = SPEC_OFF + SLOT_SPEC.size
+SLOT_SIZE = (CHECKSUM_OFF + SLOT_CHECKSUM.size + 63) // 64 * 64
 GEN_OFF, PID_OFF = 0, 8  # within a slot record: 8- and 4-byte aligned (records are 64-aligned)
 
 NAME_MAX = 95
@@ -197,8 +196,28 @@ class SpecRecord:
             setattr(self, k, kw[k])
 
 
+CHECKSUM_MODULUS = 2**61 - 1  # a (Mersenne) prime
+
+
+def spec_checksum(body: bytes, generation: int) -> int:
+    """The checksum of a slot's spec bytes and its generation (point 3 of the protocol).
+
+    The bytes, then the 8 bytes of the generation, read as one little-endian number,
+    modulo the prime 2**61 - 1.  A change confined to 7 consecutive bytes (a scribbled
+    byte, a torn store of a field) changes that number by d * 256**k with 0 < |d| < p, which
+    the prime never divides: it is always caught; any other change slips through with odds
+    of about 1 in 2**61.  The same bytes under another generation (one that differs by
+    less than p: any real one) are caught too.
+
+    Python's own integers compute it (about 3 us), so neither the postmaster nor a worker
+    loads zlib for a CRC: its two shared libraries were ten more mappings that every
+    ``fork()`` copies (see "The image" in postmaster.py).
+    """
+    return ((int.from_bytes(body, "little") << 64) | generation) % CHECKSUM_MODULUS
+
+
 def encode_spec(spec, generation: int, notify: tuple[int, int, int] | None) -> bytes:
-    """Bytes of SLOT_SPEC + CRC for `spec` (a validated WorkerSpec).  Registrant side."""
+    """Bytes of SLOT_SPEC + checksum for `spec` (a validated WorkerSpec).  Registrant side."""
     name = spec.name.encode()
     entry = spec.entry.encode()
     extra = bytes(spec.extra)
@@ -216,7 +235,7 @@ def encode_spec(spec, generation: int, notify: tuple[int, int, int] | None) -> b
         int(f.postmaster_delay_s * 1e9) if f else 0,
         name, entry, extra,
     )
-    return body + SLOT_CRC.pack(zlib.crc32(body, generation & 0xFFFFFFFF))
+    return body + SLOT_CHECKSUM.pack(spec_checksum(body, generation))
 
 
 def decode_spec(raw: bytes, generation: int) -> SpecRecord | str:
@@ -224,11 +243,11 @@ def decode_spec(raw: bytes, generation: int) -> SpecRecord | str:
 
     Returns a SpecRecord, or a short string saying why the bytes were rejected.
     """
-    if len(raw) != SLOT_SPEC.size + SLOT_CRC.size:
+    if len(raw) != SLOT_SPEC.size + SLOT_CHECKSUM.size:
         return "short record"
     body = raw[: SLOT_SPEC.size]
-    (crc,) = SLOT_CRC.unpack_from(raw, SLOT_SPEC.size)
-    if zlib.crc32(body, generation & 0xFFFFFFFF) != crc:
+    (check,) = SLOT_CHECKSUM.unpack_from(raw, SLOT_SPEC.size)
+    if spec_checksum(body, generation) != check:
         return "checksum mismatch"
     (nb, npid, nstart, restart_ms, main_arg, name_len, entry_len, extra_len,
      fork_errno, fork_failures, crash_exit, crash_sig, slow_ns, delay_ns,
@@ -403,7 +422,7 @@ class Segment:
 
     def spec_bytes(self, i: int) -> bytes:
         off = self.layout.slot_off(i) + SPEC_OFF
-        return self.mm[off : off + SLOT_SPEC.size + SLOT_CRC.size]
+        return self.mm[off : off + SLOT_SPEC.size + SLOT_CHECKSUM.size]
 
     def write_spec(self, i: int, raw: bytes) -> None:
         """Registrant with the lock, while in_use == 0; postmaster when repairing its slot."""

@@ -24,10 +24,10 @@ import pytest  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 # What the postmaster may load on top of what a bare ``python -S`` has: os and the C
-# modules it needs, zlib for the slot's CRC, its own package, and the default preload.
+# modules it needs, its own package, and the default preload.
 ALLOWED = {
     "os", "os.path", "posixpath", "genericpath", "stat", "_stat", "_collections_abc",
-    "select", "mmap", "struct", "_struct", "zlib", "__future__",
+    "select", "mmap", "struct", "_struct", "__future__",
     "bgwlab", "bgwlab.postmaster", "bgwlab.shmem", "bgwlab.eventlog", "bgwlab.procinfo",
     "bgwlab.worker", "bgwlab.examples",
 }
@@ -36,8 +36,8 @@ ENGINE_ONLY = {"preload": ()}  # the engine's own image: no preloaded module of 
 FORBIDDEN = {
     "signal", "enum", "functools", "collections", "operator", "reprlib", "keyword", "types",
     "runpy", "importlib.util", "importlib.machinery", "contextlib", "warnings",
-    "ctypes", "_ctypes", "traceback", "linecache", "re", "json", "threading", "weakref",
-    "dataclasses", "bgwlab.spec", "bgwlab.backend", "bgwlab.cluster", "bgwlab.latch",
+    "zlib", "binascii", "ctypes", "_ctypes", "traceback", "linecache", "re", "json",
+    "threading", "weakref", "dataclasses", "bgwlab.spec", "bgwlab.backend", "bgwlab.cluster", "bgwlab.latch",
 }
 
 
@@ -129,8 +129,8 @@ def test_the_postmaster_maps_only_the_shared_objects_it_needs():
         bare.communicate(b"")
     with Cluster.start(**ENGINE_ONLY) as c:
         extra = shared_objects(c.postmaster_pid) - baseline
-    # the C modules it needs, and zlib's (the slot's CRC)
-    assert extra <= {"select", "mmap", "_struct", "zlib", "libz"}, extra
+    # the C modules it needs (no zlib and libz: the slot's checksum is Python's integers)
+    assert extra <= {"select", "mmap", "_struct"}, extra
 
 
 def test_the_postmaster_is_not_run_through_runpy(cluster):
@@ -172,3 +172,27 @@ def test_the_image_does_not_depend_on_the_cluster_options(kw):
             check_image(set(postmaster_image(c, b)["modules"]))
         finally:
             b.detach()
+
+
+def test_the_slot_checksum_catches_what_the_crc_caught():
+    """shmem.spec_checksum (Python's integers, no zlib): every single-byte change of the
+    spec, a torn 8-byte field, and the same bytes under another generation are caught."""
+    from bgwlab import NEVER_RESTART, WorkerSpec, shmem
+
+    raw = shmem.encode_spec(WorkerSpec(name="w", entry="m:f", main_arg=7, extra=b"x" * 100,
+                                       restart=NEVER_RESTART), 41, (3, 1234, 99))
+    assert len(raw) == shmem.SLOT_SPEC.size + shmem.SLOT_CHECKSUM.size
+    assert shmem.CHECKSUM_OFF + shmem.SLOT_CHECKSUM.size <= shmem.SLOT_SIZE
+    assert shmem.decode_spec(raw, 41).extra == b"x" * 100
+    assert shmem.decode_spec(raw, 42) == "checksum mismatch"
+    body = raw[: shmem.SLOT_SPEC.size]
+    for i in range(len(body)):
+        for flip in (0x01, 0x80, 0xFF):
+            bad = bytearray(raw)
+            bad[i] ^= flip
+            assert shmem.decode_spec(bytes(bad), 41) == "checksum mismatch", (i, flip)
+    for i in range(0, len(body) - 8, 8):  # an 8-byte field half written (its low half new)
+        bad = bytearray(raw)
+        bad[i : i + 4] = b"\xa5\x5a\xa5\x5a"
+        if bytes(bad) != raw:
+            assert shmem.decode_spec(bytes(bad), 41) == "checksum mismatch", i
