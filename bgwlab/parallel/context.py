@@ -220,7 +220,9 @@ class ParallelContext:
 
         Unread bytes: the leader reads an error queue once (its first message finishes
         the worker), so until then bytes_written == bytes_read means none.  Ordering: the
-        caller's ResetLatch fenced before these loads (latch.py, C)."""
+        caller reset what wakes it before these loads -- the latch (its fence C, latch.py),
+        or in wait_for_attach the eventfd and the attach FIFO, whose reads are system calls
+        ordered after the writes that woke it (and a write after our look stays readable)."""
         mq = w.error_mq
         if w.exited or mq.detached or mq.bytes_written != mq.bytes_read:
             return False
