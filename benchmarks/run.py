@@ -258,6 +258,8 @@ class Bench:
         self.meta["postgresql"] = {"available": self.pg, "why_not": why}
         if not self.pg:
             self.log(f"bench: no PostgreSQL server here, skipping its rows: {why}", file=sys.stderr)
+        from ab import compile_bytecode  # (else the first postmaster to start compiles bgwlab,
+        compile_bytecode(self.before)     #  and keeps the compiler's garbage in its heap)
         for name, (mw, log) in specs.items():
             pre = PRELOAD + ((self.before,) if name.startswith("before") else ())
             self.clusters[name] = Cluster.start(max_workers=mw, log_events=log, preload=pre)
