@@ -31,8 +31,13 @@ The protocol (``shm_mq``'s invariants)
 * **Messages are length-prefixed and aligned.**  A message is an 8-byte length word
   (``Size``) then the payload, padded to 8 bytes (``MAXALIGN``).  Since the ring size
   and every position are multiples of 8, a length word is never split.  A message larger
-  than the ring goes through in pieces: the sender writes what fits, waits for the
-  receiver to make room, writes on (``shm_mq_send_bytes``); the receiver reassembles.
+  than the ring, or one that would wrap at the ring's end, goes through in pieces: the
+  sender writes what fits, waits for the receiver to make room, writes on
+  (``shm_mq_send_bytes``); the receiver reassembles.  Any other message moves whole, in
+  one copy each way (bgwlab's shortcut, same bytes and counters as PostgreSQL's): a
+  sender short of room waits until all of it fits, and a receiver that finds it begun
+  but not yet complete waits until it is (both publish their own counter before they
+  wait, so the other side can always finish).
 * **Blocking and non-blocking.**  ``send(nowait=True)`` / ``receive(nowait=True)``
   return ``WOULD_BLOCK`` instead of waiting; the call must be repeated (a send with the
   *same* message) and resumes where it stopped.
@@ -47,7 +52,8 @@ The protocol (``shm_mq``'s invariants)
   still set or its owner is awake; one ``write()`` to its FIFO when it may be asleep.
   A side that finds nothing to do waits the latch way: reset, look, wait
   (``_wait`` waits then resets, and every caller looks before it waits again), so a
-  set that lands after the look is never lost.  Nothing waits by polling.
+  set that lands after the look is never lost.  Nothing waits by polling (the latch may
+  spin briefly before it sleeps while the counterpart runs: latch.py, "Spinning first").
 * **A dead counterpart ends every wait.**  Before it attaches: through its worker handle
   (``shm_mq_set_handle``; the postmaster's notification sets our latch when it stops).
   After: through a pidfd of it, validated against its start time, in the same ``poll()``
