@@ -131,6 +131,68 @@ def test_a_message_larger_than_the_ring_goes_through_in_pieces():
         p.close()
 
 
+def test_a_sleeping_sender_is_woken_once_three_quarters_are_free_and_before_the_receiver_waits():
+    """Between messages the receiver publishes bytes_read every quarter ring, but wakes a
+    sender that may be asleep only once three quarters are free (a wakeup is a system call
+    and a context switch); an awake sender's latch is set at the first quarter, as in
+    PostgreSQL; and whatever is owed is paid before the receiver could wait."""
+    from bgwlab.parallel.latch import W_IS_SET, W_MAYBE_SLEEPING, SharedLatch
+
+    ring = 1024
+    qsize = (queue_size_for(ring) + 63) // 64 * 64
+    seg = dsm.Segment.create(qsize + latch_space(2))
+    mq_create(seg.buf, 0, queue_size_for(ring))
+    create_latches(seg, qsize, 2)
+    tl, rl = SharedLatch(seg.buf, qsize), SharedLatch(seg.buf, qsize + LATCH_SIZE)
+    tx, rx = MessageQueue(seg.buf, 0, tl), MessageQueue(seg.buf, 0, rl)
+    rec = memoryview(seg.buf)[qsize:qsize + 16].cast("Q")  # the sender's is_set, maybe_sleeping
+    try:
+        tx.set_sender()
+        rx.set_receiver()
+        for sleeping in (1, 0):
+            while tx.send(bytes(56), nowait=True) is SUCCESS:  # 64 bytes a message: fill it
+                pass
+            rec[W_IS_SET], rec[W_MAYBE_SLEEPING] = 0, sleeping
+            woken_at = None
+            while woken_at is None:
+                assert rx.receive(nowait=True)[0] is SUCCESS
+                if rec[W_IS_SET]:
+                    woken_at = rx.bytes_read
+            start = tx.bytes_written - ring  # where this round's reading began
+            if sleeping:
+                assert woken_at - start >= 3 * ring // 4  # room was published before, silently
+            else:
+                assert woken_at - start <= ring // 4 + 64
+            while rx.receive(nowait=True)[0] is SUCCESS:
+                pass
+            rl.reset()
+            _drain_fifo(tl.fd)
+        # Owed when the receiver runs dry: paid before it returns WOULD_BLOCK (or waits).
+        assert tx.send(bytes(56), nowait=True) is SUCCESS
+        for _ in range(6):
+            assert tx.send(bytes(56), nowait=True) is SUCCESS
+        rec[W_IS_SET], rec[W_MAYBE_SLEEPING] = 0, 1
+        while (res := rx.receive(nowait=True))[0] is SUCCESS:
+            pass
+        assert res[0] is WOULD_BLOCK and rec[W_IS_SET] == 1 and rx.bytes_read == tx.bytes_written
+        rec[W_MAYBE_SLEEPING] = 0
+    finally:
+        rec.release()
+        tx.close()
+        rx.close()
+        tl.close()
+        rl.close()
+        seg.destroy()
+
+
+def _drain_fifo(fd):
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
 def test_protocol_misuse_is_refused():
     p = Pair(64)
     try:

@@ -545,6 +545,12 @@ class Peer:
         """A wait saw our pidfd readable: the process exited."""
         self._gone = True
 
+    def may_sleep(self) -> bool:
+        """Does its record say it may be asleep on its latch (the caller fenced after its
+        last store of progress)?  True too where we cannot tell (not FENCED)."""
+        w = self._w
+        return w is not None and (not FENCED or bool(w[W_MAYBE_SLEEPING]))
+
     def set_latch(self) -> None:
         """SetLatch: no system call unless the counterpart may be asleep."""
         w = self._w

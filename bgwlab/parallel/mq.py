@@ -185,6 +185,8 @@ class MessageQueue:
         # receiver state
         self._read = 0
         self._consume_pending = 0
+        self._woke_at = 0  # our read position when we last set the sender's latch
+        self._lazy_room = 0  # a lazy flush defers a sleeping sender's wakeup until this much is free
         self._expected = -1  # payload length, once the length word is read
         self._partial = None  # bytearray(payload length) being filled ...
         self._got = 0  # ... this far
@@ -227,7 +229,8 @@ class MessageQueue:
     def set_receiver(self) -> None:
         """shm_mq_set_receiver + shm_mq_attach: this process is the receiver.  Once per queue."""
         self._set_me(W_RECEIVER, W_RECEIVER_START, W_RECEIVER_LATCH, "receiver")
-        self._read = self._words[W_READ]
+        self._read = self._woke_at = self._words[W_READ]
+        self._lazy_room = (3 * self.ring_size) >> 2
 
     def _set_me(self, w_pid, w_start, w_latch, role) -> None:
         import os
@@ -470,7 +473,7 @@ class MessageQueue:
             self._check_role("receiver")
         ring = self.ring_size
         if self._consume_pending > ring >> 2:
-            self._flush_read()
+            self._flush_read(lazy=True)
         while self._expected < 0:
             # Fast path: a whole message, unwrapped, already published.
             read = self._read
@@ -531,16 +534,27 @@ class MessageQueue:
         self._read += n
         self._consume_pending += n
 
-    def _flush_read(self) -> None:
-        """shm_mq_inc_bytes_read + SetLatch(sender)."""
+    def _flush_read(self, lazy: bool = False) -> None:
+        """shm_mq_inc_bytes_read + SetLatch(sender).
+
+        `lazy` (the quarter-ring flush between messages): a sender that may be asleep is
+        woken only once three quarters of the ring are free since its last wakeup, not
+        one quarter -- a wakeup costs a system call here and a context switch (on one CPU,
+        the woken sender would take the CPU to write a quarter ring, then sleep again).
+        Never lost: every flush before we wait or return WOULD_BLOCK is eager."""
         if self._consume_pending:
             self._words[W_READ] = self._read
             self._consume_pending = 0
             peer = self._peer
-            if peer is not None:
-                peer.set_latch()  # fences before it loads is_set (latch.py, A)
-            else:
+            if peer is None:
                 self._set_peer_latch()
+                return
+            if lazy and self._read - self._woke_at < self._lazy_room:
+                _fence()  # our bytes_read before our load of its maybe_sleeping (as fence A)
+                if peer.may_sleep():
+                    return  # owed: the next eager flush (before we wait) pays it
+            self._woke_at = self._read
+            peer.set_latch()  # fences before it loads is_set (latch.py, A)
 
     def _receive_bytes(self, needed: int, nowait: bool) -> tuple[MqResult, int, int]:
         """shm_mq_receive_bytes: wait until `needed` bytes are readable or the ring wraps.
