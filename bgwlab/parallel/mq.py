@@ -46,7 +46,12 @@ The protocol (``shm_mq``'s invariants)
   message cut short by a detach is never delivered.
 * **Progress sets the counterpart's latch**: the sender's after a complete message (or
   when the ring is full, before it waits), the receiver's when it gives space back (at
-  least a quarter of the ring, or before it waits), either side's on detach.  As in
+  least a quarter of the ring, or before it waits), either side's on detach.  One
+  bgwlab departure: between messages, a receiver that finds the sender may be asleep
+  publishes the room but wakes it only once three quarters of the ring are free (a
+  wakeup is a system call and a context switch; on one CPU a sender woken for a
+  quarter ring takes the CPU, writes a quarter, sleeps again); before it could block
+  it always wakes it, so nothing is owed then.  As in
   PostgreSQL, the queue sets the latch every time and the *latch* decides what that
   costs (latch.py): nothing but a fence and a load while the counterpart's latch is
   still set or its owner is awake; one ``write()`` to its FIFO when it may be asleep.
