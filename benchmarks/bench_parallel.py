@@ -35,6 +35,11 @@ of issue 13.  Under ``--out`` (default data/bench): ``parallel_<mode>.csv`` (sum
 ``parallel_<mode>_samples.csv``, ``parallel_<mode>.txt`` (the printed report) and
 ``parallel_<mode>.meta.json`` (machine, CPUs, Python, commit, date, load, plan).
 
+The latch's spin (``BGWLAB_LATCH_SPIN_US``, default 100 us; see ``bgwlab.parallel.latch``)
+is in force for bgwlab's rows and is recorded in the metadata: on this kind of VM a
+wakeup across CPUs costs ~50 us, so whether the two processes share a CPU or spin on
+two decides most rows (compare a run with ``BGWLAB_LATCH_SPIN_US=0``).
+
 Left out on purpose: a ``multiprocessing.shared_memory`` ring with a lock.  A fair one
 needs the same blocking and wakeup semantics (a Condition in shared memory, i.e. a
 semaphore per side) and would measure ``multiprocessing.synchronize`` more than a ring.
@@ -485,6 +490,8 @@ def report(rows) -> tuple[str, list[dict]]:
         ok = t["value"] >= t["goal"] if t["higher_is_better"] else t["value"] <= t["goal"]
         t["met"] = bool(ok)
         lines.append(f"  {t['target']:<66} {t['value']:.2f} {t['unit']:<5} {'met' if ok else 'MISSED'}")
+    lines.append("")
+    lines.append(f"bgwlab's latch spin in this run: BGWLAB_LATCH_SPIN_US={_latch_spin_us()} (0: never spins)")
     return "\n".join(lines), targets
 
 
@@ -496,6 +503,13 @@ def _git(*args) -> str:
         return "unknown"
 
 
+def _latch_spin_us() -> int:
+    """The latch's spin bound in this run (BGWLAB_LATCH_SPIN_US, see bgwlab.parallel.latch)."""
+    from bgwlab.parallel import latch
+
+    return latch.SPIN_US
+
+
 def metadata(p: dict, quick: bool, t_start: float, load_start) -> dict:
     from bgwlab.lab.experiments.results import run_metadata
 
@@ -503,7 +517,7 @@ def metadata(p: dict, quick: bool, t_start: float, load_start) -> dict:
     meta.update({"benchmark": "bench_parallel", "mode": "quick" if quick else "full", "plan": {
         "rounds": p["rounds"], "messages": {str(k): v for k, v in p["messages"].items()},
         "round_trips_per_trial": p["round_trips"], "launch_trials_per_round": p["launch_trials"],
-        "ring_bytes": RING, "peer_start_method": "fork"},
+        "ring_bytes": RING, "peer_start_method": "fork", "latch_spin_us": _latch_spin_us()},
         "duration_s": round(time.monotonic() - t_start, 2), "loadavg_start": list(load_start),
         "loadavg_end": list(os.getloadavg())})
     meta.setdefault("commit", _git("rev-parse", "HEAD"))
