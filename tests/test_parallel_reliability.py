@@ -45,6 +45,24 @@ def test_a_worker_killed_mid_message_is_an_error_in_the_leader_not_a_hang(pb):
     assert w.handle.get_pid()[0] is HandleStatus.STOPPED
 
 
+def test_a_worker_killed_mid_message_is_an_error_even_when_the_postmaster_reaped_it_first(pb):
+    """The leader may learn of the death from the data queue first (its handle already says
+    STOPPED) while the error queue still names a sender that attached: the end of the data
+    must not read as a clean finish.  (Caught once in CI: messages() returned quietly.)"""
+    _c, b = pb
+    with ParallelContext(b, E + "send_forever", nworkers=1, queue_size=64) as pcxt:
+        pcxt.launch()
+        pcxt.wait_for_attach()
+        w = pcxt.workers[0]
+        wait_until(lambda: w.data_mq.bytes_written - w.data_mq.bytes_read == 64, 10, "a full ring")
+        os.kill(w.data_mq.sender_pid, signal.SIGKILL)
+        wait_until(lambda: w.handle.get_pid()[0] is HandleStatus.STOPPED, 10, "the postmaster's reap")
+        with pytest.raises(ParallelWorkerError, match="lost connection to parallel worker 0") as ei:
+            for _ in pcxt.messages():
+                pass
+        assert ei.value.lost and ei.value.number == 0
+
+
 LEADER = """
 import sys, time, bgwlab
 from bgwlab.parallel import ParallelContext

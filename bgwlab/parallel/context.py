@@ -347,6 +347,11 @@ class ParallelContext:
                 yield w.number, msg
             elif res is DETACHED:
                 w.data_done = True
+                # The data queue may have learned of a death (its handle, a pidfd) that
+                # the error queue has not: look at the error queue's sender now, with one
+                # poll() of its pidfd, so that a worker that died mid-stream is a lost
+                # connection below, not a quiet end of the data.
+                w.error_mq._counterparty_gone(look=True)  # (shm_mq_counterparty_gone)
             else:
                 return
 
