@@ -60,7 +60,7 @@ import pandas as pd
 from bgwlab import Cluster, Fault, HandleStatus, WorkerSpec, NEVER_RESTART
 from bgwlab.lab.plots import plot_timeline
 from bgwlab.lab.strategies import PRELOAD, Notify
-from bgwlab.lab.teaching import check_value, claim, event_table, predictions, quick_mode
+from bgwlab.lab.teaching import check_value, claim, event_table, predictions, quick_mode, wait_for_event
 
 QUICK = quick_mode()
 cluster = Cluster.start(max_workers=4, preload=PRELOAD)
@@ -143,11 +143,10 @@ while hardy.get_pid()[1] in (None, pid_before) and time.monotonic() < deadline:
 status, pid_after = hardy.get_pid()
 print(f"bystander-restart, a moment later: {status.name}, pid {pid_before} -> {pid_after}, "
       f"same generation {hardy.generation}")
-_ev = cluster.events()
-crash_end_ns = next(e.t_ns for e in _ev if e.kind == "crash_restart" and e.detail.get("phase") == "end"
-                    and e.t_ns >= segv.registered_ns)
-refork_ns = next(e.t_ns for e in _ev if e.kind == "forked" and (e.slot, e.generation) == (hardy.slot, hardy.generation)
-                 and e.t_ns >= crash_end_ns)
+# The postmaster signals first and writes a start's events after: wait for the line.
+crash_end_ns = wait_for_event(cluster, "crash_restart", where=lambda e: e.detail.get("phase") == "end"
+                              and e.t_ns >= segv.registered_ns).t_ns
+refork_ns = wait_for_event(cluster, "forked", handle=hardy, where=lambda e: e.t_ns >= crash_end_ns).t_ns
 hardy_back_ms = (refork_ns - crash_end_ns) / 1e6
 print(f"restarted {hardy_back_ms:.1f} ms after the crash-restart ended (its restart interval: 5 s)")
 
