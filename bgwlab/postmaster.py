@@ -507,7 +507,16 @@ class Postmaster:
             self.events.write(self.seen_line(rw))
         gen_there = self.seg.generation(rw.slot)  # ours, unless a registrant wrote over our slot
         raw_there = self.seg.spec_bytes(rw.slot) if gen_there != rw.generation else None
-        self.seg.set_pid(rw.slot, 0)  # pid before the token: a reader never sees a free slot with a pid
+        if gen_there != rw.generation or self.seg.pid(rw.slot) != -1:
+            # A worker that ran: pid 0 before the token, as ReportBackgroundWorkerExit writes
+            # slot->pid before ForgetBackgroundWorker frees the slot -- a reader never sees a
+            # free slot with a pid (and, between the two stores, reads STOPPED for a slot not
+            # yet free: PostgreSQL's window too).
+            self.seg.set_pid(rw.slot, 0)
+        # One that never started keeps pid -1 (NOT_YET_STARTED) until the token goes, so its
+        # registrant reads STOPPED only once the slot is free and can register again at once.
+        # (A clean-clone CI run caught the window: a terminated, never-started worker read
+        # STOPPED while its slot was still in use.)
         self.seg.set_in_use(rw.slot, 0)
         t = time.monotonic_ns()
         del self.workers[rw.slot]
