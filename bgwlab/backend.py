@@ -319,6 +319,8 @@ class WorkerHandle:
         generation), in time order: the evidence to show when a status surprises you."""
         from .events import read_events, slot_history
 
+        if self.backend.seg is not None:  # the postmaster logs after it signals: let it finish
+            self.backend.seg.wait_log_complete(alive=self.backend.postmaster_alive)
         return slot_history(read_events(self.backend.directory / "events.jsonl"), self.slot,
                             self.generation)
 

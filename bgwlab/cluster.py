@@ -117,6 +117,7 @@ class Cluster:
         self.postmaster_pid = proc.pid
         self._backends: list[Backend] = []
         self._final_events: list[Event] | None = None
+        self._log_seg: shmem.Segment | None = None  # mapped on the first events()
         self._stopped = False
         self.keep_directory = False  # True: stop() leaves the directory (and its event log) behind
 
@@ -216,7 +217,23 @@ class Cluster:
         """Every event recorded so far by the postmaster, workers and backends, sorted by time."""
         if self._final_events is not None:
             return list(self._final_events)
+        self._wait_log_complete()
         return read_events(self.events_path)
+
+    def _wait_log_complete(self) -> None:
+        """The postmaster signals a registrant before it logs what it did: wait (at most 1 s)
+        until it owes the log no line of a pass, so that what the caller has seen happen --
+        a STARTED, a STOPPED -- is in what it reads next (shmem.Segment.set_log_owed)."""
+        seg = self._log_seg
+        if seg is None:
+            try:
+                seg = self._log_seg = shmem.Segment(str(self.directory / "shmem"))
+            except (OSError, ValueError):
+                return  # not there (yet, or any more): nothing to wait for
+        seg.wait_log_complete(alive=self._postmaster_running)
+
+    def _postmaster_running(self) -> bool:
+        return self._proc.poll() is None
 
     def export_events(self, path) -> Path:
         """Write the events as JSON Lines to `path`."""
@@ -260,6 +277,9 @@ class Cluster:
             b.detach()
         self._backends.clear()
         self._final_events = read_events(self.events_path)
+        if self._log_seg is not None:
+            self._log_seg.close()
+            self._log_seg = None
         if self._owns_directory and not self.keep_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
         else:

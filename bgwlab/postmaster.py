@@ -190,12 +190,20 @@ class Postmaster:
 
     # -- main loop -------------------------------------------------------------------------
     def run(self) -> int:
+        """The postmaster's loop: sleep, then one pass over everything that may have changed.
+
+        A pass may signal a registrant before it writes the lines of what it did (a start's
+        are written after the signal and a yield), so the header's log_owed word says 1 from
+        the wake-up to the end of the pass: Cluster.events() waits for 0 (shmem.set_log_owed).
+        """
+        seg = self.seg
         while True:
             timeout_ms = self.next_timeout_ms()
             try:
                 ready = self.poller.poll(timeout_ms)
             except InterruptedError:
                 ready = []
+            seg.set_log_owed(1)  # the lines of this pass are not written yet
             sigs = self.drain_wakeups()
             self.usr1 = SIGUSR1 in sigs  # rescan even if a scribbler cleared the PMSignal flag
             for fd, _ in ready:
@@ -211,10 +219,12 @@ class Postmaster:
             self.guarded(self.absorb_shmem_changes)
             self.guarded(self.advance_state)
             if self.state == shmem.PM_STOPPED:
+                seg.set_log_owed(0)
                 return 0
             self.guarded(self.start_due_workers)
             if self.unlogged:  # requests seen but not started in this pass (delayed, recovery)
                 self.events.write(b"".join([self.seen_line(rw) for rw in list(self.unlogged.values())]))
+            seg.set_log_owed(0)  # every line of the pass is in the file (after its write())
 
     def guarded(self, step) -> None:
         """Run one step of the loop; an unexpected error is logged, never fatal."""

@@ -89,6 +89,7 @@ import mmap
 import os
 import struct
 import sys
+import time
 
 if sys.byteorder != "little":  # the layout is little-endian and the typed views are native
     raise ImportError("bgwlab's shared-memory layout needs a little-endian CPU")
@@ -110,11 +111,15 @@ PMSIGNAL_OFF = 128
 PMSIGNAL_WORKER_CHANGE = 0  # a slot was registered or a terminate requested
 PMSIGNAL_BACKEND_CHANGE = 1  # a backend attached or detached
 N_PMSIGNALS = 2
+# "Log owed" (postmaster only): 1 from the moment the postmaster wakes until it has
+# written the event-log lines of everything it did in that pass (see Segment.log_owed).
+LOG_OWED_OFF = 192
 STATE_OFF = 8 + 4 * 3  # offset of state within HEADER (after magic, version and the two sizes)
 NEXT_GEN_OFF = 8 + 4 * 5 + 4 + 8  # offset of next_generation within HEADER
 CRASH_RESTARTS_OFF = NEXT_GEN_OFF + 8
 assert HEADER.size == NEXT_GEN_OFF + 16
 assert STATE_OFF % 4 == 0 and NEXT_GEN_OFF % 8 == 0 and CRASH_RESTARTS_OFF % 8 == 0  # one store each
+assert LOG_OWED_OFF % 4 == 0 and LOG_OWED_OFF >= PMSIGNAL_OFF + N_PMSIGNALS
 
 # --- backend table -------------------------------------------------------------------
 # in_use, pid, start_ticks, uid.  Written only by registrants, under the lock.
@@ -356,6 +361,32 @@ class Segment:
         """Registrant holding the lock, or the postmaster while re-seeding after a crash
         (which takes no lock: hence one store, never a transient 0)."""
         self._u64[NEXT_GEN_OFF // 8] = g
+
+    def log_owed(self) -> int:
+        return self._u32[LOG_OWED_OFF // 4]
+
+    def set_log_owed(self, owed: int) -> None:
+        """Postmaster only.  1 as it wakes, before it changes anything another process can
+        see; 0 after the last write() of the pass.  The postmaster signals a registrant
+        before it logs what it did (the wake-up is the latency being measured), so between
+        those two instants the log lags the slot array.  A reader who saw a change and then
+        waits for 0 (``wait_log_complete``) finds its lines.  Ordering: the store of 1
+        precedes every store of the pass (program order, x86-64 TSO), and the store of 0
+        follows the write() system call that put the lines in the file."""
+        self._u32[LOG_OWED_OFF // 4] = owed
+
+    def wait_log_complete(self, timeout: float = 1.0, alive=None) -> bool:
+        """Any process: wait (sleeping 0.2 ms at a time, at most `timeout` s; not at all
+        once ``alive()`` says the postmaster is gone) until the postmaster owes the event
+        log no lines for a pass.  True if it owes none."""
+        if not self._u32[LOG_OWED_OFF // 4]:
+            return True
+        deadline = time.monotonic() + timeout
+        while self._u32[LOG_OWED_OFF // 4]:
+            if time.monotonic() > deadline or (alive is not None and not alive()):
+                return False
+            time.sleep(0.0002)
+        return True
 
     def set_pmsignal(self, reason: int) -> None:
         """Any registrant; then signal the postmaster."""
