@@ -4,8 +4,8 @@ Each takes the worker's ``main_arg`` (an int).  They import nothing heavy: the
 postmaster preloads this module, so forked workers find it already imported.
 """
 
-import os
-import signal
+import _signal  # signal's C module: `signal` would load enum, functools, collections into
+import os       # the postmaster, which preloads this module (a bigger image for every fork)
 import time
 
 from . import worker
@@ -38,9 +38,9 @@ def exit_with(code: int) -> None:
     os._exit(code)
 
 
-def crash(signum: int = int(signal.SIGSEGV)) -> None:
+def crash(signum: int = _signal.SIGSEGV) -> None:
     """Die by signal `signum` after reaching user code (a crash: crash-restart)."""
-    signal.signal(signum, signal.SIG_DFL)
+    _signal.signal(signum, _signal.SIG_DFL)
     os.kill(os.getpid(), signum)
     time.sleep(5)
 
@@ -78,15 +78,15 @@ def crash_once(ms: int) -> None:
     """Crash (SIGSEGV) on the first run of this slot's generation; on a restart, sleep `ms`
     (or until terminated) and exit 0."""
     if _first_run():
-        crash(int(signal.SIGSEGV))
+        crash(_signal.SIGSEGV)
     sleep_ms(ms)
 
 
 def ignore_term_and_quit(ms: int) -> None:
     """Ignore SIGTERM and SIGQUIT (user code may), then sleep `ms`: a worker that holds up a
     shutdown or a crash-restart until the postmaster's grace period ends in SIGKILL."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+    _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)
+    _signal.signal(_signal.SIGQUIT, _signal.SIG_IGN)
     worker.sleep(ms / 1000)
 
 

@@ -110,9 +110,6 @@ def test_a_running_postmaster_loads_only_what_it_needs():
             b.detach()
 
 
-@pytest.mark.xfail(strict=True, reason="bgwlab/examples.py, preloaded by default, imports signal "
-                   "(and with it enum, functools, collections): its owner's change is to import "
-                   "_signal instead; then remove this mark")
 def test_the_default_preload_keeps_the_image_lean(cluster, backend):
     check_image(image_after_every_path(cluster, backend))
 
