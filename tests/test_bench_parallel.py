@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "bench_parallel.py"
 TP_PEERS = ["bgwlab", "bgwlab.batched", "bgwlab.mq", "mp_pipe", "mp_queue", "os_pipe"]
 RT_PEERS = ["bgwlab", "mp_pipe", "mp_queue", "os_pipe"]
-LAUNCH_PEERS = ["bgwlab.attach", "bgwlab.first_message", "mp_pool", "process_pool_executor"]
+LAUNCH_PEERS = ["bgwlab.attach", "bgwlab.first_message", "mp_pool", "process_pool_executor",
+                "mp_pool.all4", "process_pool_executor.all4"]
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +59,13 @@ def test_it_runs_and_prints_every_row_with_ratios(quick):
     assert "instants:" in proc.stdout and "targets (issue 13, medians):" in proc.stdout
     for what in ("sender's first send() call -> receiver holds the last message",
                  "leader calls send -> leader holds the echo",
-                 "before multiprocessing.Pool(4) -> first result"):
+                 "before multiprocessing.Pool(4) -> first result",
+                 "before multiprocessing.Pool(4, initializer) -> all 4 workers ran their initializer"):
         assert what in proc.stdout
+    # each launch ratio is to the peers of its own pair of instants
+    assert "bgwlab.first_message / the first-result peers, bgwlab.attach / the .all4 peers" in proc.stdout
     targets = [ln for ln in lines if ln.rstrip().endswith(("met", "MISSED"))]
-    assert len(targets) == 8
+    assert len(targets) == 9
 
 
 def test_it_writes_csv_samples_and_metadata(quick):
