@@ -21,7 +21,10 @@ from parallel_support import no_segment_left  # noqa: F401
 # Leader-only or error-path modules: a worker that attaches and reports must not hold them.
 NOT_IN_A_WORKER = ("bgwlab.parallel.context", "bgwlab.spec", "dataclasses", "inspect", "ast",
                    "dis", "tokenize", "secrets", "hmac", "hashlib", "_hashlib", "random",
-                   "base64", "traceback", "linecache", "weakref")
+                   "base64", "traceback", "linecache", "weakref",
+                   # the leader's latch side: bgwlab.latch -> threading (an at-fork hook in
+                   # every child), and platform (-> re) for one machine name
+                   "bgwlab.latch", "threading", "platform", "re")
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ entry point (``fn(main_arg)``) that drives one queue against a test, by a plan.
 
 from __future__ import annotations
 
-import json
-import random
 import struct
 
 from .errors import LeaderDetached
@@ -17,9 +15,16 @@ PLAN = struct.Struct("<III")  # messages, size, fail_after (0xFFFFFFFF = never)
 NEVER = 0xFFFFFFFF
 
 
+_Random = None  # random.Random, imported on first use: not in the image of a postmaster that
+#                preloads this module (random's at-fork hook reseeds in every child it forks)
+
+
 def message(number: int, i: int, size: int) -> bytes:
     """The i-th message of worker `number`: `size` reproducible bytes."""
-    return random.Random(number * 1_000_003 + i).randbytes(size)
+    global _Random
+    if _Random is None:
+        from random import Random as _Random
+    return _Random(number * 1_000_003 + i).randbytes(size)
 
 
 def plan(messages: int, size: int, fail_after: int | None = None) -> bytes:
@@ -94,6 +99,8 @@ def mq_peer(main_arg: int) -> None:
     latch = WorkerLatch(seg.buf, toc.lookup(KEY_PEER_LATCHES) + LATCH_SIZE)
     p_off = toc.lookup(KEY_PLAN)
     (n,) = struct.unpack_from("<I", seg.buf, p_off)
+    import json  # (on first use: see _Random)
+
     p = json.loads(bytes(seg.buf[p_off + 4:p_off + 4 + n]))
     mq = MessageQueue(seg.buf, toc.lookup(KEY_QUEUE), latch)
     out = {"ok": True, "got": 0, "results": []}

@@ -135,14 +135,12 @@ through the engine's wakeup pipe (``drain_fds``).
 from __future__ import annotations
 
 import os
-import platform
 import select
 import stat
 from _thread import allocate_lock as _allocate_lock
 from time import monotonic_ns as _now_ns
 
 from ..errors import PostmasterDied
-from ..latch import EventfdLatch, dispatcher, wait_fds
 from ..procinfo import open_pidfd, start_ticks
 
 LATCH_SIZE = 128
@@ -152,13 +150,23 @@ NAME_MAX = LATCH_SIZE - NAME_OFF
 SHM_DIR = "/dev/shm"
 
 # A full fence (see "The fence"); only trusted on x86-64.
-FENCED = platform.machine().lower() in ("x86_64", "amd64")
+FENCED = os.uname().machine.lower() in ("x86_64", "amd64")
 # How long a wait looks at is_set before it says it may sleep (see "Spinning first").
 SPIN_US = int(os.environ.get("BGWLAB_LATCH_SPIN_US", "100"))
 SPIN_MIN_US = 4
 PROBE_EVERY = 64  # sleeps without spinning before a spin is tried again ...
 PROBE_MAX = 1024  # ... doubling after every try that failed, up to this
 _spin_ns = None  # SPIN_US in ns, or 0 on a single CPU (decided at the first wait)
+
+
+def wait_fds(fds, timeout: float | None) -> list[int]:
+    """poll() on `fds` for readability; returns the readable ones ([] on timeout).
+    (bgwlab.latch's, repeated here so that a worker's image need not load that module.)"""
+    p = select.poll()
+    for fd in fds:
+        p.register(fd, select.POLLIN)
+    ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+    return [fd for fd, _ in p.poll(ms)]
 
 
 def spin_ns() -> int:
@@ -464,6 +472,12 @@ class LeaderLatch(SharedLatch):
         pm_fd = getattr(backend, "_pm_fd", -1) if backend is not None else -1
         self.death_fds = (pm_fd,) if pm_fd >= 0 else ()
         if backend is not None:
+            # Imported here, in the leader only: bgwlab.latch brings threading (whose
+            # at-fork hook would run in every worker the postmaster forks) into the image
+            # of a postmaster that preloads this module for its workers.
+            from ..latch import EventfdLatch, dispatcher
+
+            self._dispatcher = dispatcher
             self._ev = EventfdLatch()
             dispatcher.add(self._ev)
 
@@ -477,7 +491,7 @@ class LeaderLatch(SharedLatch):
             return super()._poll(also, timeout)
         if self._pm_news:
             fds = super()._poll_fds_for(also)
-            ready = dispatcher.wait(ev, timeout, also=fds)  # also drains the signal pipe (main thread)
+            ready = self._dispatcher.wait(ev, timeout, also=fds)  # also drains the signal pipe (main thread)
         else:
             # No handle news needed: our own poll object, with the eventfd in it all the
             # same (a notification the dispatcher delivered still wakes us).  Skips the
@@ -492,7 +506,7 @@ class LeaderLatch(SharedLatch):
 
     def close(self) -> None:
         if self._ev is not None:
-            dispatcher.remove(self._ev)
+            self._dispatcher.remove(self._ev)
             self._ev.close()
             self._ev = None
         super().close()
