@@ -65,22 +65,14 @@ sleep and look again, which is either slow or busy).
 from __future__ import annotations
 
 import os
-import select
 import signal
 import threading
 import time
 
+from .procinfo import wait_fds  # (defined there: see its docstring)
+
 __all__ = ["EventfdLatch", "PipeLatch", "Latch", "PollingWait", "SignalDispatcher",
            "dispatcher", "wait_fds"]
-
-
-def wait_fds(fds, timeout: float | None) -> list[int]:
-    """poll() on `fds` for readability; returns the readable ones ([] on timeout)."""
-    p = select.poll()
-    for fd in fds:
-        p.register(fd, select.POLLIN)
-    ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
-    return [fd for fd, _ in p.poll(ms)]
 
 
 class EventfdLatch:

@@ -4,9 +4,22 @@ Used by every process of a cluster, so it imports nothing heavy.
 """
 
 import os
+import select
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+
+
+def wait_fds(fds, timeout: float | None) -> list[int]:
+    """poll() on `fds` for readability; returns the readable ones ([] on timeout).
+
+    (Here, not in latch.py, so that a parallel worker's side can wait on pidfds without
+    loading bgwlab.latch and its threading.)"""
+    p = select.poll()
+    for fd in fds:
+        p.register(fd, select.POLLIN)
+    ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+    return [fd for fd, _ in p.poll(ms)]
 
 
 def start_ticks(pid: int) -> int | None:

@@ -141,7 +141,7 @@ from _thread import allocate_lock as _allocate_lock
 from time import monotonic_ns as _now_ns
 
 from ..errors import PostmasterDied
-from ..procinfo import open_pidfd, start_ticks
+from ..procinfo import open_pidfd, start_ticks, wait_fds
 
 LATCH_SIZE = 128
 W_IS_SET, W_MAYBE_SLEEPING, W_OWNER_PID, W_OWNER_START, W_NAME_LEN = range(5)
@@ -158,15 +158,6 @@ PROBE_EVERY = 64  # sleeps without spinning before a spin is tried again ...
 PROBE_MAX = 1024  # ... doubling after every try that failed, up to this
 _spin_ns = None  # SPIN_US in ns, or 0 on a single CPU (decided at the first wait)
 
-
-def wait_fds(fds, timeout: float | None) -> list[int]:
-    """poll() on `fds` for readability; returns the readable ones ([] on timeout).
-    (bgwlab.latch's, repeated here so that a worker's image need not load that module.)"""
-    p = select.poll()
-    for fd in fds:
-        p.register(fd, select.POLLIN)
-    ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
-    return [fd for fd, _ in p.poll(ms)]
 
 
 def spin_ns() -> int:
