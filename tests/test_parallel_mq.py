@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from bgwlab import NEVER_RESTART, Fault, WorkerSpec
 from bgwlab.parallel import dsm, mq as mqmod
 from bgwlab.parallel import examples as ex
-from bgwlab.parallel.latch import LATCH_SIZE, LeaderLatch, create_latches, latch_space
+from bgwlab.parallel.latch import LATCH_SIZE, LeaderLatch, create_latches, drain_fifo, latch_space
 from bgwlab.parallel.mq import DETACHED, SUCCESS, WOULD_BLOCK, MessageQueue, mq_create, queue_size_for
 from bgwlab.parallel.toc import Toc
 from conftest import wait_until
@@ -166,7 +166,7 @@ def test_a_sleeping_sender_is_woken_once_three_quarters_are_free_and_before_the_
             while rx.receive(nowait=True)[0] is SUCCESS:
                 pass
             rl.reset()
-            _drain_fifo(tl.fd)
+            drain_fifo(tl.fd)
         # Owed when the receiver runs dry: paid before it returns WOULD_BLOCK (or waits).
         assert tx.send(bytes(56), nowait=True) is SUCCESS
         for _ in range(6):
@@ -183,14 +183,6 @@ def test_a_sleeping_sender_is_woken_once_three_quarters_are_free_and_before_the_
         tl.close()
         rl.close()
         seg.destroy()
-
-
-def _drain_fifo(fd):
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass
 
 
 def test_protocol_misuse_is_refused():

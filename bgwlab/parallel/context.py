@@ -24,7 +24,7 @@ from ..latch import EventfdLatch, dispatcher
 from ..spec import NEVER_RESTART, Fault, WorkerSpec
 from . import dsm
 from .errors import ParallelWorkerError, ParallelWorkerFailed
-from .latch import LeaderLatch, create_latches, fence, latch_space
+from .latch import LeaderLatch, create_latches, drain_fifo, fence, latch_space
 from .layout import (ATTACH_NAME_OFF, ATTACH_SIZE, ERROR_QUEUE_SIZE, FIXED, KEY_ATTACH,
                      KEY_DATA_QUEUE, KEY_ENTRYPOINT, KEY_ERROR_QUEUE, KEY_FIXED, KEY_LATCHES,
                      KEY_PAYLOAD, N_KEYS, PARALLEL_MAGIC, Layout, encode_extra)
@@ -307,7 +307,7 @@ class ParallelContext:
         try:
             while True:
                 ev.reset()
-                _drain_fifo(self._attach_fd)
+                drain_fifo(self._attach_fd)
                 errors = self._handle_messages()  # after the resets: a wakeup after our look is kept
                 if errors:
                     raise errors[0][1]
@@ -436,14 +436,6 @@ class ParallelContext:
     def __repr__(self):
         return (f"<ParallelContext {self.entry} planned={self.nworkers_planned} "
                 f"launched={self.nworkers_launched} segment={self.segment.name}>")
-
-
-def _drain_fifo(fd: int) -> None:
-    try:
-        while len(os.read(fd, 4096)) == 4096:
-            pass
-    except BlockingIOError:
-        pass
 
 
 def _quietly(fn) -> None:

@@ -258,7 +258,8 @@ def _check_private_fifo(fd: int, name: str) -> None:
         raise PermissionError(f"{name} is not a private FIFO of this user")
 
 
-def _drain(fd: int) -> None:
+def drain_fifo(fd: int) -> None:
+    """Read a non-blocking FIFO (or pipe) empty; any error only means nothing more to read."""
     try:
         while len(os.read(fd, 4096)) == 4096:
             pass
@@ -334,10 +335,10 @@ class SharedLatch:
         if ready is None:
             return []  # the common wakeup: our FIFO alone was readable (drained)
         if self.fd in ready:
-            _drain(self.fd)
+            drain_fifo(self.fd)
         for fd in self.drain_fds:
             if fd in ready:
-                _drain(fd)
+                drain_fifo(fd)
         self.check_postmaster(ready)
         return [fd for fd in ready if fd in also]
 
@@ -405,7 +406,7 @@ class SharedLatch:
             self._poller, self._poll_also = p, also
         events = self._poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999)))
         if len(events) == 1 and events[0][0] == self.fd:
-            _drain(self.fd)
+            drain_fifo(self.fd)
             return None
         return [fd for fd, _ in events]
 
