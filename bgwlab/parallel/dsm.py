@@ -48,7 +48,7 @@ import mmap
 import os
 import stat
 
-from ..procinfo import start_ticks
+from ..procinfo import start_ticks, stat_fields
 
 SHM_DIR = "/dev/shm"
 PREFIX = "bgwlab."
@@ -218,17 +218,9 @@ class Segment:
 def leader_alive(pid: int, start: int) -> bool:
     """Is the process (pid, start ticks) running?  A zombie -- exited, not yet reaped by
     its parent -- is not: it will never free anything again."""
-    try:  # (os.open + os.read: a third of the system calls of open(), and no io objects)
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+    fields = stat_fields(pid)
+    if fields is None:
         return False
-    try:
-        data = os.read(fd, 4096)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    fields = data[data.rindex(b")") + 2:].split()
     return fields[0] not in (b"Z", b"X") and int(fields[19]) == start
 
 
