@@ -10,11 +10,11 @@ carries ``ErrorResponse`` and ``Terminate`` messages.
 from __future__ import annotations
 
 import os
-import select
 import stat
 import sys
 
 from .. import worker as _bgw  # the engine's worker module (always loaded in a worker)
+from ..procinfo import wait_fds
 from . import dsm
 from .errors import LeaderDetached
 from .latch import Peer, WorkerLatch
@@ -184,9 +184,7 @@ class _LeaderByQueue:
     @property
     def gone(self) -> bool:
         if not self._gone and self.fd >= 0:
-            p = select.poll()
-            p.register(self.fd, select.POLLIN)
-            self._gone = bool(p.poll(0))  # a pidfd is readable once its process exited
+            self._gone = bool(wait_fds([self.fd], 0))  # a pidfd is readable once its process exited
         return self._gone
 
     def close(self) -> None:
