@@ -243,7 +243,7 @@ plot_ring_counters(trace, ax=ax);
 # asleep (`maybe_sleeping` in its latch record; a set while it is awake only stores
 # `is_set`) — PostgreSQL's `SetLatch` skips the wakeup the same way.
 #
-# > **In PostgreSQL** — `shm_mq_receive_bytes` publishes consumed bytes once more than a
+# > **In PostgreSQL** — `shm_mq_receive` publishes consumed bytes once more than a
 # > quarter of the ring is pending, and `shm_mq_inc_bytes_read` sets the sender's latch at
 # > every publish. **bgwlab differs in two places:** a sender that may be asleep is woken
 # > only once three quarters of the ring are free (fewer wake-ups, each of which costs
