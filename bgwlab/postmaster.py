@@ -526,7 +526,9 @@ class Postmaster:
         # One that never started keeps pid -1 (NOT_YET_STARTED) until the token goes, so its
         # registrant reads STOPPED only once the slot is free and can register again at once.
         # (A clean-clone CI run caught the window: a terminated, never-started worker read
-        # STOPPED while its slot was still in use.)
+        # STOPPED while its slot was still in use.)  bgwlab differs here: PostgreSQL's
+        # BackgroundWorkerStateChange reports such a worker dead (ReportBackgroundWorkerPID,
+        # pid 0) a pass before maybe_start_bgworkers frees its slot (README, Differences).
         self.seg.set_in_use(rw.slot, 0)
         t = time.monotonic_ns()
         del self.workers[rw.slot]

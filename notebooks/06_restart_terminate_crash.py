@@ -131,6 +131,16 @@ print("wait_for_startup ->", late_result, f"after {late_ms:.1f} ms")
 event_table(cluster.events(), slot=late.slot, generation=late.generation)
 
 # %% [markdown]
+# The handle reads `STOPPED` only once the slot is free again: the postmaster frees the
+# slot, then signals.
+#
+# > **In PostgreSQL** — `BackgroundWorkerStateChange` reports a never-started worker that
+# > was asked to terminate as dead at once (`ReportBackgroundWorkerPID`: `pid = 0`, then the
+# > signal), and `maybe_start_bgworkers` frees its slot later (`ForgetBackgroundWorker`), so
+# > for a moment its registrant reads `STOPPED` while the slot is still taken. **bgwlab
+# > differs:** a registrant told `STOPPED` can register again into the same slot at once.
+
+# %% [markdown]
 # ## 4. Terminate a running worker
 
 # %%
