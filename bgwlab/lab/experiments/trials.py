@@ -166,7 +166,7 @@ class TrialRunner:
             evs = c.events()
         else:
             self._backend.detach()
-            evs = [e for e in read_events(c.events_path) if e.t_ns >= self._t_start]
+            evs = [e for e in c.events() if e.t_ns >= self._t_start]  # (waits for the postmaster's pass)
         self._collect(evs, self._cid)
 
     def _collect(self, evs, cid) -> None:
