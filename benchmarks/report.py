@@ -24,6 +24,7 @@ same for every system that has it (``postgresql`` = the probe inside a PostgreSQ
 from __future__ import annotations
 
 import math
+import random
 
 PEERS = ("raw_fork", "mp_fork", "mp_forkserver", "mp_spawn", "popen")
 REFERENCE = "postgresql"  # the real thing, where a server is installed
@@ -87,15 +88,55 @@ def add_ratios(rows: list[dict]) -> None:
 
 
 # -- targets (issue 6) ------------------------------------------------------------------------------
-def evaluate_targets(rows: list[dict]) -> list[dict]:
-    """The issue's targets, each with the measured value and whether it is met."""
+def ratio_ci(sample_rows, ours: str, theirs: str, stat: str, resamples: int = 2000,
+             seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Bootstrap interval of stat(ours) / stat(theirs), resampling *rounds*.
+
+    `sample_rows`: (metric, round, value) as ``run.py`` keeps them.  Both systems were
+    timed in the same interleaved rounds, so a resample draws whole rounds with
+    replacement and keeps both systems' samples of each drawn round together: a round the
+    machine slowed down stays one round, for both.  `stat` is "median" or "p99".  NaNs
+    when either side has no samples.  (A p99 of 1,200 samples rests on its 12 largest:
+    its interval is wide, and this says how wide.)
+    """
+    q = 0.5 if stat == "median" else 0.99
+    by_round: dict = {}
+    for metric, rnd, value in sample_rows:
+        if metric == ours or metric == theirs:
+            by_round.setdefault(rnd, ([], []))[metric == theirs].append(value)
+    rounds = [v for v in by_round.values() if v[0] and v[1]]
+    if not rounds:
+        return math.nan, math.nan
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(resamples):
+        a, b = [], []
+        for r in rng.choices(rounds, k=len(rounds)):
+            a += r[0]
+            b += r[1]
+        ratios.append(percentile(a, q) / percentile(b, q))
+    tail = (1 - level) / 2
+    return percentile(ratios, tail), percentile(ratios, 1 - tail)
+
+
+def evaluate_targets(rows: list[dict], sample_rows=None) -> list[dict]:
+    """The issue's targets, each with the measured value and whether it is met.
+
+    With `sample_rows` ((metric, round, value), as run.py keeps them), each ratio to
+    PostgreSQL also gets a 95 % bootstrap interval (``ratio_ci``), and its verdict says
+    when the interval spans the limit: the run cannot tell that target from its limit.
+    """
     m = {r["metric"]: r for r in rows}
     out = []
 
-    def add(name, value, limit, unit, note=""):
+    def add(name, value, limit, unit, note="", ci=(math.nan, math.nan)):
         ok = (not math.isnan(value)) and value <= limit
+        verdict = "met" if ok else "missed"
+        if ci[0] <= limit <= ci[1]:
+            verdict += ", CI spans limit"
         out.append({"target": name, "value": value, "limit": limit, "unit": unit,
-                    "met": bool(ok), "note": note})
+                    "met": bool(ok), "ci_low": ci[0], "ci_high": ci[1], "verdict": verdict,
+                    "note": note})
 
     def get(metric, stat="median"):
         r = m.get(metric)
@@ -121,8 +162,10 @@ def evaluate_targets(rows: list[dict]) -> list[dict]:
         add(f"200 MB registrant: change of {label}", abs(heavy / base - 1) * 100, 20.0, "%",
             f"{heavy:.3f} vs {base:.3f} ms")
     on, off = start, get("bgwlab.start.log_off")
+    lo, hi = (ratio_ci(sample_rows, "bgwlab.start", "bgwlab.start.log_off", "median")
+              if sample_rows else (math.nan, math.nan))
     add("event logging: added to start median", (on / off - 1) * 100, 5.0, "%",
-        f"{on:.3f} (on) vs {off:.3f} ms (off)")
+        f"{on:.3f} (on) vs {off:.3f} ms (off)", ((lo - 1) * 100, (hi - 1) * 100))
     # issue 12: against PostgreSQL, the same pair of instants, the same run
     for label, kind, stat, limit in (("start median", "start", "median", 1.0),
                                      ("start p99", "start", "p99", 1.0),
@@ -133,8 +176,10 @@ def evaluate_targets(rows: list[dict]) -> list[dict]:
         ours, theirs = get(f"bgwlab.{kind}", stat), get(f"{REFERENCE}.{kind}", stat)
         if math.isnan(theirs):
             continue
+        ci = (ratio_ci(sample_rows, f"bgwlab.{kind}", f"{REFERENCE}.{kind}", stat)
+              if sample_rows else (math.nan, math.nan))
         add(f"x PostgreSQL: {label}", ours / theirs, limit, "x",
-            f"{ours:.3f} vs {theirs:.3f} ms")
+            f"{ours:.3f} vs {theirs:.3f} ms", ci)
     return out
 
 
@@ -262,10 +307,14 @@ def format_table(rows: list[dict]) -> str:
 
 
 def format_targets(targets: list[dict]) -> str:
-    lines = [f"{'target':<52} {'value':>9} {'limit':>8}  met   note", "-" * 100]
+    lines = [f"{'target':<52} {'value':>9} {'limit':>8}    {'95% CI':<13} {'verdict':<22} note",
+             "-" * 124]
     for t in targets:
+        lo, hi = t.get("ci_low", math.nan), t.get("ci_high", math.nan)
+        ci = "" if math.isnan(lo) else f"{lo:.2f}-{hi:.2f}"
+        verdict = t.get("verdict") or ("met" if t["met"] else "missed")
         lines.append(f"{t['target']:<52} {_fmt(t['value']):>9} {_fmt(t['limit']):>8} "
-                     f"{t['unit']:<2} {'yes' if t['met'] else 'NO ':<4} {t['note']}")
+                     f"{t['unit']:<2} {ci:<13} {verdict.replace('missed', 'MISSED'):<22} {t['note']}")
     return "\n".join(lines)
 
 

@@ -559,7 +559,7 @@ class Bench:
             decomposition += report.decompose(self.failcg_events, self.trials["fail_genuine"],
                                               "fail_genuine")
         self.meta["postgresql"]["kicked"] = self.pg_kicked
-        return {"summary": summary, "targets": report.evaluate_targets(summary),
+        return {"summary": summary, "targets": report.evaluate_targets(summary, self.sample_rows),
                 "decomposition": decomposition, "metadata": self.meta,
                 "samples": self.sample_rows}
 
@@ -615,7 +615,7 @@ def save(result: dict, out: Path, text: str) -> Path:
     stem = out / f"bench_{result['metadata']['plan']['mode']}"
     _csv(stem.with_suffix(".csv"), result["summary"], report.SUMMARY_COLUMNS)
     _csv(Path(f"{stem}_targets.csv"), result["targets"],
-         ["target", "value", "limit", "unit", "met", "note"])
+         ["target", "value", "limit", "unit", "met", "ci_low", "ci_high", "verdict", "note"])
     _csv(Path(f"{stem}_decomposition.csv"), result["decomposition"],
          ["path", "stage", "from", "to", "n", "median_us", "p99_us", "share"])
     # Every sample, gzipped (deterministic: no name or time in the header).

@@ -162,3 +162,35 @@ def test_report_statistics_on_known_data():
     assert targets["start notification median"]["met"] is True
     assert targets["start median / multiprocessing fork median"]["value"] == 0.5
     assert targets["failed start reported (median)"]["met"] is False  # 3 ms > 2 ms
+
+
+def test_ratio_interval_separates_a_real_difference_from_noise():
+    """The bootstrap interval of a ratio to PostgreSQL: it excludes 1 when one side is
+    really twice as slow, spans 1 when both come from the same distribution, and the
+    verdict says so."""
+    import random as _random
+
+    rng = _random.Random(7)
+    same, double = [], []
+    for rnd in range(40):
+        for _ in range(10):
+            x = rng.lognormvariate(0, 0.5)
+            same += [("bgwlab.start", rnd, x), ("postgresql.start", rnd, rng.lognormvariate(0, 0.5))]
+            double += [("bgwlab.start", rnd, 2 * x), ("postgresql.start", rnd, rng.lognormvariate(0, 0.5))]
+    lo, hi = report.ratio_ci(double, "bgwlab.start", "postgresql.start", "median", resamples=300)
+    assert 1.5 < lo < hi < 2.7
+    lo, hi = report.ratio_ci(same, "bgwlab.start", "postgresql.start", "median", resamples=300)
+    assert lo < 1.0 < hi
+    assert all(math.isnan(v) for v in report.ratio_ci(same, "bgwlab.start", "postgresql.death", "p99"))
+
+    def summary(rows):
+        samples = {}
+        for metric, _rnd, value in rows:
+            samples.setdefault(metric, []).append(value)
+        return report.summarize(samples)
+
+    verdicts = {t["target"]: t for t in report.evaluate_targets(summary(double), double)}
+    t = verdicts["x PostgreSQL: start median"]
+    assert t["verdict"] == "missed" and t["ci_low"] > 1.0
+    t = {t["target"]: t for t in report.evaluate_targets(summary(same), same)}["x PostgreSQL: start median"]
+    assert t["verdict"].endswith("CI spans limit") and t["ci_low"] < 1.0 < t["ci_high"]
