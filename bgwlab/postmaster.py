@@ -193,7 +193,7 @@ class Postmaster:
         """The postmaster's loop: sleep, then one pass over everything that may have changed.
 
         A pass may signal a registrant before it writes the lines of what it did (a start's
-        are written after the signal and a yield), so the header's log_owed word says 1 from
+        and a failed fork's are written after the signal and a yield), so the header's log_owed word says 1 from
         the wake-up to the end of the pass: Cluster.events() waits for 0 (shmem.set_log_owed).
         """
         seg = self.seg
@@ -509,11 +509,18 @@ class Postmaster:
         else:
             self.forget_and_notify(rw, "terminated before start")
 
-    def forget_and_notify(self, rw, reason: str) -> None:
-        """ForgetBackgroundWorker, then wake the registrant (so it can reuse the slot at once)."""
+    def forget_and_notify(self, rw, reason: str, lines_first=None) -> None:
+        """ForgetBackgroundWorker, then wake the registrant (so it can reuse the slot at once).
+
+        Postmaster only.  `lines_first`: a callable giving the worker's events not yet
+        written (a failed fork's, its request_seen line included); they are built and
+        written with 'unregistered' and 'notified' after the signal, in one write (the
+        pass's log_owed covers the gap).  Without it, 'unregistered' is written before the
+        signal, as before.
+        """
         if self.workers.get(rw.slot) is not rw:
             return
-        if self.unlogged.get(rw.slot) is rw:  # (forgotten in the pass that saw it)
+        if lines_first is None and self.unlogged.get(rw.slot) is rw:  # (forgotten in the pass that saw it)
             self.events.write(self.seen_line(rw))
         gen_there = self.seg.generation(rw.slot)  # ours, unless a registrant wrote over our slot
         raw_there = self.seg.spec_bytes(rw.slot) if gen_there != rw.generation else None
@@ -534,9 +541,23 @@ class Postmaster:
         del self.workers[rw.slot]
         self.owned[rw.slot] = 0
         self.pending.pop(rw.slot, None)
-        # logged before the signal: a registrant it wakes finds the worker gone in the log
-        self.events.emit("unregistered", rw.slot, rw.generation, t_ns=t, reason=reason)
-        self.notify(rw, reason)
+        fd = None
+        if lines_first is not None and rw.notify is not None:
+            fd = self.backend_pidfd(*rw.notify)  # cached since the request was accepted
+        if fd is None:
+            # logged before the signal: a registrant it wakes finds the worker gone in the log
+            if lines_first is not None:
+                self.events.write(lines_first())
+            self.events.emit("unregistered", rw.slot, rw.generation, t_ns=t, reason=reason)
+            self.notify(rw, reason)  # (or logs why it cannot)
+        else:
+            target_pid = rw.notify[1]
+            t_sent = self.notify(rw, reason, log=False)  # the signal, then a yield
+            ev = self.events
+            ev.write(lines_first()
+                     + ev.line("unregistered", rw.slot, rw.generation, t_ns=t, reason=reason)
+                     + (ev.line("notified", rw.slot, rw.generation, t_ns=t_sent, target_pid=target_pid,
+                                reason=reason) if t_sent else b""))
         if raw_there is not None:  # (its in_use token had been scribbled): freed with ours, wake it
             self.events.emit("slot_rejected", rw.slot, gen_there, reason="registered over a live slot")
             self.wake_rejected(rw.slot, gen_there, raw_there)
@@ -612,20 +633,23 @@ class Postmaster:
         except OSError as e:
             t_fail = time.monotonic_ns()
             ev = self.events
-            # One write, before the slot can read STOPPED: whoever learns it finds why in
-            # the log (tests and experiments read fork_failed as soon as they know).
-            lines = (self.seen_line(rw)
-                     + ev.line("fork_attempted", rw.slot, rw.generation, t_ns=t_attempt, attempt=rw.fork_attempts)
-                     + ev.line("fork_failed", rw.slot, rw.generation, t_ns=t_fail, errno=e.errno,
-                               error=os.strerror(e.errno or 0), injected=isinstance(e, InjectedOSError),
-                               attempt=rw.fork_attempts))
+
+            def lines() -> bytes:  # the failed start's events, each with the time it happened
+                return (self.seen_line(rw)
+                        + ev.line("fork_attempted", rw.slot, rw.generation, t_ns=t_attempt,
+                                  attempt=rw.fork_attempts)
+                        + ev.line("fork_failed", rw.slot, rw.generation, t_ns=t_fail, errno=e.errno,
+                                  error=os.strerror(e.errno or 0), injected=isinstance(e, InjectedOSError),
+                                  attempt=rw.fork_attempts))
             if spec.restart_ms == NEVER:
-                ev.write(lines)
-                self.forget_and_notify(rw, "fork failed")
+                # Free the slot and signal first, then write these lines (as a start does):
+                # a reader that learns STOPPED and asks the log (Cluster.events(),
+                # WorkerHandle.history()) waits for this pass's log_owed to clear.
+                self.forget_and_notify(rw, "fork failed", lines_first=lines)
             else:
                 rw.start_at = t_fail + spec.restart_ms * 1_000_000  # pid stays -1: NOT_YET_STARTED
-                ev.write(lines + ev.line("restart_scheduled", rw.slot, rw.generation,
-                                         after_s=spec.restart_ms / 1000))
+                ev.write(lines() + ev.line("restart_scheduled", rw.slot, rw.generation,
+                                           after_s=spec.restart_ms / 1000))
             return
         if pid == 0:
             try:
