@@ -39,7 +39,9 @@ import contextlib
 import importlib.util
 import os
 import random
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -73,17 +75,23 @@ def main(argv=None) -> int:
     kinds = args.kinds.split(",")
     genuine = "fail_genuine" in kinds
     rng = random.Random(args.seed)
+    no_cache = None
     if args.bytecode_ab:
-        os.environ["PYTHONDONTWRITEBYTECODE"] = "1"  # (A's postmasters must not write it)
-        for f in _bytecode_sources(None):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(importlib.util.cache_from_source(str(f)))
+        # A's postmasters must find no bytecode and write none: an empty cache directory
+        # of their own (an explicit PYTHONPYCACHEPREFIX is left alone by Cluster.start,
+        # which would otherwise send them to the private cache that B's use).
+        os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+        no_cache = tempfile.mkdtemp(prefix="bgwlab-ab-nocache-")
+        os.environ["PYTHONPYCACHEPREFIX"] = no_cache
     else:
         compile_bytecode(patch)
     with contextlib.ExitStack() as stack:
+        if no_cache is not None:
+            stack.callback(shutil.rmtree, no_cache, True)
         clusters, log = {}, {}
         for v in ("A", "B"):
             if v == "B" and args.bytecode_ab:
+                os.environ.pop("PYTHONPYCACHEPREFIX")
                 compile_bytecode(None)
             extra = (patch,) if v == "A" and patch else ()
             clusters[v] = stack.enter_context(Cluster.start(max_workers=8, preload=PRELOAD + extra))
