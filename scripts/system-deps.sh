@@ -7,6 +7,7 @@ packages=(
   postgresql                # a real PostgreSQL server (15 on Debian 12): bgwlab.pg, tests/test_pg*.py
   postgresql-server-dev-15  # PGXS, to build bgwlab.pg's probe extension at run time
   make gcc                  # ... which PGXS drives
+  shellcheck                # binder/postBuild linted (tests/test_environments.py)
 )
 missing=()
 for p in "${packages[@]}"; do
