@@ -1,6 +1,6 @@
 """A/B of launch + attach of 4 parallel workers: the frozen old code (A) against the tree (B).
 
-    .venv/bin/python benchmarks/ab_launch.py [--n 150] [--kinds attach,first_message] [--pool]
+    .venv/bin/python benchmarks/ab_launch.py [--n 150] [--kinds attach,first_message,floor] [--pool]
 
 Issue 13 item 7 times ``bench_parallel.py``'s ``launch4`` row: from before
 ``ParallelContext(...)`` to ``wait_for_attach()`` returning with 4 workers attached
@@ -8,19 +8,30 @@ Issue 13 item 7 times ``bench_parallel.py``'s ``launch4`` row: from before
 times exactly that on two clusters, in one run, interleaved (every round runs each
 (side, kind) once, in a shuffled order), so that the machine's drift hits both alike:
 
-* **A** ("old"): the parallel modules as they were before the launch work, frozen in
-  ``ab_patches/parallel_old_{context,worker,dsm,layout,toc}.py`` (imports made absolute;
-  queue and latch are the tree's own).  A's postmaster preloads
+* **A** ("old", the default): the parallel modules as they were before the launch work,
+  frozen in ``ab_patches/parallel_old_{context,worker,dsm,layout,toc}.py`` (imports made
+  absolute; queue and latch are the tree's own).  A's postmaster preloads
   ``bgwlab.parallel.examples`` and ``parallel_old_worker`` -- which, as the old package's
   ``__init__`` did, loads the leader's side too -- so its image is the old one.
+  ``--a s6``: the same five modules as they were before session 6's work on the attach
+  row (``ab_patches/parallel_s6_*.py``, frozen at c530d2a); ``--a new``: the tree.
 * **B** ("new"): ``bgwlab.parallel`` as it is, its postmaster preloading what
   ``bench_parallel.py`` preloads (``bgwlab.parallel.examples``, ``bgwlab.parallel.worker``).
 
 Per trial it also records the postmaster's CPU time over the whole trial (launch to the
 end of the ``with`` block, from ``/proc/PID/schedstat``) and this leader's CPU time from
 the constructor to the end instant.  ``--pool`` adds ``multiprocessing.Pool(4)`` start-up
-to first result (``bench_parallel``'s ``mp_pool``) to the same rounds, so that each
-side's ratio to it can be read from one run.
+to first result (``bench_parallel``'s ``mp_pool``) and to all four workers having run
+their initializer (``mp_pool.all4``, the peer of ``attach``) to the same rounds, so that
+each side's ratio to them can be read from one run.  (A pool forks *this* process: its
+figures grow with this process's image, which is far smaller here than in
+``bench_parallel.py``: ``--like-bench`` first imports what that process holds -- its
+modules, ``tqdm.auto``, ``numpy`` -- so that the ratios compare.)
+
+The kind ``floor`` is the engine alone, no parallel machinery: four workers registered
+(notify=True, as ParallelContext registers them) whose entry point writes one byte into a
+FIFO (``ab_patches/launch_floor.py``), timed to the fourth byte -- four workers forked and
+each having run its first line.  Both postmasters preload that module.
 
 Before the measured clusters start, each side's cluster is started and stopped once: the
 postmaster keeps its bytecode in a private cache (``Cluster.start``), so neither side's
@@ -33,6 +44,7 @@ import argparse
 import multiprocessing as mp
 import os
 import random
+import select
 import statistics
 import sys
 import time
@@ -41,11 +53,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE / "ab_patches"))
+sys.path.insert(1, str(HERE))  # (bench_parallel, for --like-bench)
 
-PRELOAD = {"A": ("bgwlab.parallel.examples", "parallel_old_worker"),
-           "B": ("bgwlab.parallel.examples", "bgwlab.parallel.worker")}
+PRELOAD = {"A": ("bgwlab.parallel.examples", "parallel_old_worker", "launch_floor"),
+           "s6": ("bgwlab.parallel.examples", "parallel_s6_worker", "launch_floor"),
+           "B": ("bgwlab.parallel.examples", "bgwlab.parallel.worker", "launch_floor")}
 ENTRIES = {"attach": "bgwlab.parallel.examples:do_nothing",
            "first_message": "bgwlab.parallel.examples:first_message"}
+FLOOR_FIFO = f"/tmp/ab_launch_floor.{os.getpid()}"
 CTX = mp.get_context("fork")
 
 
@@ -69,8 +84,35 @@ def _task():
     return 1
 
 
-def trial(context_class, backend, kind: str, pm_pid: int) -> dict:
+def floor_trial(backend, pm_pid: int, fifo_fd: int) -> dict:
+    """The engine alone: 4 workers registered, to the 4th byte their entry point writes."""
+    from bgwlab import NEVER_RESTART, WorkerSpec
+
+    pm0 = _cpu_ns(pm_pid)
+    me0 = _cpu_ns("self")
+    t0 = time.monotonic_ns()
+    handles = [backend.register_dynamic_worker(WorkerSpec(
+        name=f"floor {i}", entry="launch_floor:up", extra=FLOOR_FIFO.encode(),
+        restart=NEVER_RESTART, notify=True)) for i in range(4)]
+    got = 0
+    while got < 4:
+        select.select([fifo_fd], [], [])
+        try:
+            got += len(os.read(fifo_fd, 4 - got))
+        except BlockingIOError:
+            pass
+    t1 = time.monotonic_ns()
+    me1 = _cpu_ns("self")
+    for h in handles:
+        h.wait_for_shutdown()
+    return dict(ms=(t1 - t0) / 1e6, leader_cpu_ms=(me1 - me0) / 1e6,
+                pm_cpu_ms=(_cpu_ns(pm_pid) - pm0) / 1e6)
+
+
+def trial(context_class, backend, kind: str, pm_pid: int, fifo_fd: int = -1) -> dict:
     """One launch of 4 workers; the times of bench_parallel's launch4 row."""
+    if kind == "floor":
+        return floor_trial(backend, pm_pid, fifo_fd)
     pm0 = _cpu_ns(pm_pid)
     me0 = _cpu_ns("self")
     t0 = time.monotonic_ns()
@@ -89,13 +131,33 @@ def trial(context_class, backend, kind: str, pm_pid: int) -> dict:
                 pm_cpu_ms=(_cpu_ns(pm_pid) - pm0) / 1e6)
 
 
-def pool_trial() -> dict:
-    t0 = time.monotonic_ns()
-    pool = CTX.Pool(4)
-    pool.apply_async(_task).get()
-    t1 = time.monotonic_ns()
-    pool.terminate()
-    pool.join()
+def _report_up(fd: int) -> None:
+    os.write(fd, b"u")
+
+
+def pool_trial(kind: str = "mp_pool") -> dict:
+    """bench_parallel's mp_pool (first result) or mp_pool.all4 (4 initializers ran)."""
+    if kind == "mp_pool":
+        t0 = time.monotonic_ns()
+        pool = CTX.Pool(4)
+        pool.apply_async(_task).get()
+        t1 = time.monotonic_ns()
+        pool.terminate()
+        pool.join()
+        return dict(ms=(t1 - t0) / 1e6)
+    r, w = os.pipe()
+    try:
+        t0 = time.monotonic_ns()
+        pool = CTX.Pool(4, initializer=_report_up, initargs=(w,))
+        got = 0
+        while got < 4:
+            got += len(os.read(r, 4 - got))
+        t1 = time.monotonic_ns()
+        pool.terminate()
+        pool.join()
+    finally:
+        os.close(r)
+        os.close(w)
     return dict(ms=(t1 - t0) / 1e6)
 
 
@@ -108,32 +170,53 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=150, help="trials per (side, kind)")
     ap.add_argument("--kinds", default="attach,first_message")
-    ap.add_argument("--pool", action="store_true", help="also time multiprocessing.Pool(4)")
+    ap.add_argument("--pool", action="store_true",
+                    help="also time multiprocessing.Pool(4): to the first result and to all 4 up")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--a", choices=("old", "new"), default="old",
-                    help="new: A runs the tree too (to A/B a --patch-* alone)")
+    ap.add_argument("--like-bench", action="store_true",
+                    help="first import what bench_parallel.py's process holds (its modules, "
+                         "tqdm.auto, numpy): the leader, and the pools' forks, get its image")
+    ap.add_argument("--a", choices=("old", "s6", "new"), default="old",
+                    help="old: parallel_old_*; s6: parallel_s6_* (the tree before session 6's "
+                         "launch work); new: A runs the tree too (to A/B a --patch-* alone)")
     ap.add_argument("--patch-a", default="", help="a module A's postmaster also preloads (a patch)")
     ap.add_argument("--patch-b", default="", help="a module B's postmaster also preloads (a patch)")
     ap.add_argument("--prepatch-b", default="",
                     help="a module B's postmaster preloads first, before bgwlab.parallel (a patch "
                          "that replaces modules of the image)")
     args = ap.parse_args(argv)
+    if args.like_bench:
+        import numpy  # noqa: F401
+        from tqdm.auto import tqdm  # noqa: F401
+
+        import bench_parallel  # noqa: F401
     from bgwlab import Cluster
     from bgwlab.parallel import ParallelContext as New
-    from parallel_old_context import ParallelContext as Old
+    if args.a == "old":
+        from parallel_old_context import ParallelContext as Old
+    elif args.a == "s6":
+        from parallel_s6_context import ParallelContext as Old
+    else:
+        Old = New
 
     kinds = args.kinds.split(",")
-    classes = {"A": Old if args.a == "old" else New, "B": New}
-    preload = {"A": (PRELOAD["A"] if args.a == "old" else PRELOAD["B"]) + _extra(args.patch_a),
+    classes = {"A": Old, "B": New}
+    preload = {"A": {"old": PRELOAD["A"], "s6": PRELOAD["s6"], "new": PRELOAD["B"]}[args.a]
+                    + _extra(args.patch_a),
                "B": _extra(args.prepatch_b) + PRELOAD["B"] + _extra(args.patch_b)}
     for v in "AB":  # warm the postmasters' bytecode cache (see the docstring)
         Cluster.start(max_workers=8, preload=preload[v]).stop()
     clusters = {v: Cluster.start(max_workers=8, preload=preload[v]) for v in "AB"}
     backends = {v: c.connect() for v, c in clusters.items()}
     load0 = os.getloadavg()
-    cases = [(v, k) for v in "AB" for k in kinds] + ([("peer", "mp_pool")] if args.pool else [])
+    pools = ("mp_pool", "mp_pool.all4")
+    cases = [(v, k) for v in "AB" for k in kinds] + ([("peer", p) for p in pools] if args.pool else [])
     rng = random.Random(args.seed)
     out = {c: [] for c in cases}
+    fifo_fd = -1
+    if "floor" in kinds:
+        os.mkfifo(FLOOR_FIFO, 0o600)
+        fifo_fd = os.open(FLOOR_FIFO, os.O_RDWR | os.O_NONBLOCK)
     try:
         for v in "AB":  # one untimed launch each: first-use costs out of the figures
             trial(classes[v], backends[v], "attach", clusters[v].postmaster_pid)
@@ -142,24 +225,29 @@ def main(argv=None) -> int:
             rng.shuffle(order)
             for v, k in order:
                 if v == "peer":
-                    out[(v, k)].append(pool_trial())
+                    out[(v, k)].append(pool_trial(k))
                 else:
-                    out[(v, k)].append(trial(classes[v], backends[v], k, clusters[v].postmaster_pid))
+                    out[(v, k)].append(trial(classes[v], backends[v], k, clusters[v].postmaster_pid,
+                                             fifo_fd))
     finally:
+        if fifo_fd >= 0:
+            os.close(fifo_fd)
+            os.unlink(FLOOR_FIFO)
         for b in backends.values():
             b.detach()
         for c in clusters.values():
             c.stop()
     load1 = os.getloadavg()
     print(f"ab_launch: n={args.n} per case, load {load0[0]:.2f} -> {load1[0]:.2f} "
-          f"(1-min avg), A = {'frozen old modules' if args.a == 'old' else 'tree'}"
+          f"(1-min avg), A = {dict(old='parallel_old_*', s6='parallel_s6_*', new='tree')[args.a]}"
           f"{' + ' + args.patch_a if args.patch_a else ''}, B = tree"
           f"{' + ' + args.patch_b if args.patch_b else ''}"
           f"{' + ' + args.prepatch_b + ' (first)' if args.prepatch_b else ''}")
-    pool_med = statistics.median(r["ms"] for r in out[("peer", "mp_pool")]) if args.pool else None
-    if args.pool:
-        xs = [r["ms"] for r in out[("peer", "mp_pool")]]
-        print(f"  mp_pool            median {pool_med:7.2f} ms  p90 {_pct(xs, 90):7.2f}  p99 {_pct(xs, 99):7.2f}")
+    pool_med = {}
+    for p in (pools if args.pool else ()):
+        xs = [r["ms"] for r in out[("peer", p)]]
+        pool_med[p] = statistics.median(xs)
+        print(f"  {p:17s}  median {pool_med[p]:7.2f} ms  p90 {_pct(xs, 90):7.2f}  p99 {_pct(xs, 99):7.2f}")
     for k in kinds:
         med = {}
         for v in "AB":
@@ -168,7 +256,8 @@ def main(argv=None) -> int:
             med[v] = statistics.median(xs)
             extra = "  ".join(f"{m} {statistics.median(r[m] for r in rs):6.2f}"
                               for m in ("leader_cpu_ms", "pm_cpu_ms"))
-            vs_pool = f"  /Pool {med[v] / pool_med:5.2f}x" if pool_med else ""
+            peer = "mp_pool" if k == "first_message" else "mp_pool.all4"
+            vs_pool = f"  /{peer} {med[v] / pool_med[peer]:5.2f}x" if pool_med else ""
             print(f"  {k:14s} {v}  median {med[v]:7.2f} ms  p90 {_pct(xs, 90):7.2f}  "
                   f"p99 {_pct(xs, 99):7.2f}  ({extra}){vs_pool}")
         print(f"  {k:14s} B/A median {med['B'] / med['A']:.3f}x")
