@@ -162,10 +162,17 @@ class Segment:
         return cls(name, mm, owner=True)
 
     @classmethod
-    def attach(cls, name: str) -> Segment:
+    def attach(cls, name: str, token: int | None = None) -> Segment:
         """dsm_attach: map an existing segment.  Raises FileNotFoundError once its name
-        has been removed (the leader is done or gone), PermissionError if it is not ours."""
-        fd = os.open(_path(name), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        has been removed (the leader is done or gone), PermissionError if it is not ours,
+        ValueError if `token` is given and the name carries another (checked before the
+        name is opened)."""
+        parsed = parse_name(name)
+        if parsed is None:
+            raise ValueError(f"{name!r} is not a bgwlab segment name")
+        if token is not None and parsed[2] != token:
+            raise ValueError(f"segment {name} does not carry the token {token:#x} we were given")
+        fd = os.open(SHM_DIR + "/" + name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             st = os.fstat(fd)
             if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid()

@@ -25,7 +25,7 @@ import struct
 
 from .latch import LATCH_SIZE, latch_space
 from .mq import queue_size_for
-from .toc import Toc, TocEstimator, align
+from .toc import ALIGN, Toc, estimate
 
 PARALLEL_MAGIC = 0x42475750_00000003  # "BGWP", version 3 (the attach wakeup)
 KEY_FIXED, KEY_ENTRYPOINT, KEY_PAYLOAD, KEY_ERROR_QUEUE, KEY_DATA_QUEUE, KEY_LATCHES = 1, 2, 3, 4, 5, 6
@@ -48,14 +48,12 @@ class Layout:
                  error_ring: int = ERROR_QUEUE_SIZE):
         self.nworkers, self.entry_len, self.payload_len = nworkers, entry_len, payload_len
         self.ring, self.error_ring = ring, error_ring
-        self.error_stride = align(queue_size_for(error_ring))
-        self.data_stride = align(queue_size_for(ring))
-        est = TocEstimator()
-        est.key(N_KEYS)
-        for size in (FIXED.size, entry_len, max(payload_len, 1), self.error_stride * max(nworkers, 1),
-                     self.data_stride * max(nworkers, 1), latch_space(nworkers + 1), ATTACH_SIZE):
-            est.chunk(size)
-        self.size = est.estimate()
+        self.error_stride = -(-queue_size_for(error_ring) // ALIGN) * ALIGN  # (toc.align)
+        self.data_stride = -(-queue_size_for(ring) // ALIGN) * ALIGN
+        self.size = estimate(N_KEYS, (FIXED.size, entry_len, max(payload_len, 1),
+                                      self.error_stride * max(nworkers, 1),
+                                      self.data_stride * max(nworkers, 1),
+                                      latch_space(nworkers + 1), ATTACH_SIZE))
 
     def error_queue(self, base: int, i: int) -> int:
         return base + i * self.error_stride
@@ -80,23 +78,29 @@ def decode_extra(extra: bytes) -> tuple[int, str]:
 
 
 def read_fixed(toc: Toc, buf) -> dict:
-    """The fixed state, checked against the segment.  Any process (workers trust nothing)."""
-    off = toc.lookup(KEY_FIXED)
+    """The fixed state, checked against the segment.  Any process (workers trust nothing).
+    Every key is looked up in one pass over the table (Toc.entries)."""
+    keys = toc.entries()
+    try:
+        off, e_off, p_off, l_off, a_off, err_off, data_off = (
+            keys[KEY_FIXED], keys[KEY_ENTRYPOINT], keys[KEY_PAYLOAD], keys[KEY_LATCHES],
+            keys[KEY_ATTACH], keys[KEY_ERROR_QUEUE], keys[KEY_DATA_QUEUE])
+    except KeyError as e:
+        raise KeyError(f"key {e.args[0]:#x} is not in the table of contents") from None
+    size = len(buf)
+    if off + FIXED.size > size:
+        raise ValueError("corrupt parallel state (fixed state outside the segment)")
     pid, start, nworkers, entry_len, payload_len, error_ring, ring = FIXED.unpack_from(buf, off)
     lay = Layout(nworkers, entry_len, payload_len, ring, error_ring)
-    if lay.size > len(buf) or pid <= 0 or entry_len > 1024:
+    if lay.size > size or pid <= 0 or entry_len > 1024:
         raise ValueError("corrupt parallel state (sizes do not fit the segment)")
-    e_off, p_off = toc.lookup(KEY_ENTRYPOINT), toc.lookup(KEY_PAYLOAD)
-    if e_off + entry_len > len(buf) or p_off + payload_len > len(buf):
+    if e_off + entry_len > size or p_off + payload_len > size:
         raise ValueError("corrupt parallel state (entry or payload outside the segment)")
-    l_off = toc.lookup(KEY_LATCHES)
-    if l_off + latch_space(nworkers + 1) > len(buf):
+    if l_off + latch_space(nworkers + 1) > size:
         raise ValueError("corrupt parallel state (latch records outside the segment)")
-    a_off = toc.lookup(KEY_ATTACH)
-    if a_off % 8 or a_off + ATTACH_SIZE > len(buf):
+    if a_off % 8 or a_off + ATTACH_SIZE > size:
         raise ValueError("corrupt parallel state (attach chunk outside the segment)")
     return dict(leader_pid=pid, leader_start=start, nworkers=nworkers, layout=lay,
                 entry=bytes(buf[e_off:e_off + entry_len]).decode(),
                 payload_off=p_off, payload_len=payload_len,
-                error_base=toc.lookup(KEY_ERROR_QUEUE), data_base=toc.lookup(KEY_DATA_QUEUE),
-                latch_base=l_off, attach_off=a_off)
+                error_base=err_off, data_base=data_off, latch_base=l_off, attach_off=a_off)

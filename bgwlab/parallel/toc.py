@@ -46,7 +46,16 @@ class TocEstimator:
         self.keys += n
 
     def estimate(self) -> int:
-        return align(HEADER.size + self.keys * ENTRY.size) + self.space
+        return estimate(self.keys, (self.space,))
+
+
+def estimate(keys: int, chunks) -> int:
+    """shm_toc_estimate in one call: the bytes a table of `keys` entries and `chunks` (sizes)
+    takes -- what a TocEstimator adds up, for a caller that knows them all at once."""
+    total = align(HEADER.size + keys * ENTRY.size)
+    for size in chunks:
+        total += align(size)
+    return total
 
 
 class Toc:
@@ -99,6 +108,23 @@ class Toc:
             raise ValueError(f"key {key:#x} is already in the table of contents")
         ENTRY.pack_into(self.buf, HEADER.size + nentry * ENTRY.size, key, offset)
         struct.pack_into("<Q", self.buf, 24, nentry + 1)
+
+    def entries(self) -> dict:
+        """{key: offset} of every entry, in one pass over the table: shm_toc_lookup for
+        several keys at once (a worker looks up all of its keys at start-up, and each
+        lookup scans the table).  Any process; every offset is checked as lookup checks
+        it, and a key stored twice keeps its first offset, as lookup finds it."""
+        _m, total, _a, nentry, max_entries = self._header()
+        n = min(nentry, max_entries)
+        words = struct.unpack_from(f"<{2 * n}Q", self.buf, HEADER.size) if n else ()
+        out = {}
+        for i in range(0, 2 * n, 2):
+            key, off = words[i], words[i + 1]
+            if not 0 < off < total:
+                raise ValueError(f"corrupt table of contents: key {key:#x} points outside")
+            if key not in out:
+                out[key] = off
+        return out
 
     def lookup(self, key: int, missing_ok: bool = False) -> int | None:
         """shm_toc_lookup: the offset stored under `key`.  Any process."""

@@ -65,19 +65,26 @@ def _resolve(entry: str):
 
 
 def main(main_arg: int) -> None:
-    """ParallelWorkerMain.  Worker only: the entry point the leader registers."""
+    """ParallelWorkerMain.  Worker only: the entry point the leader registers.
+
+    Until the attach is announced, the leader's wait_for_attach waits for us, and three
+    more workers are starting on the same CPUs: that stretch does only what PostgreSQL's
+    ParallelWorkerMain does before it (map the segment, read the table of contents and
+    the fixed state, attach as the error queue's sender, with our latch for the leader
+    to set).  The data queue -- the executor's tuple queue, which PostgreSQL attaches
+    later, in ParallelQueryMain -- comes after the announcement.  Every step in that
+    stretch is paid in page faults as much as in bytecode: the worker shares the
+    postmaster's heap copy-on-write, so the first touch of each object (a function, its
+    code, a constant: a reference count written) copies its page.
+    """
     number, name = decode_extra(_bgw.current().extra)
     try:
-        seg = dsm.Segment.attach(name)
+        seg = dsm.Segment.attach(name, token=main_arg)  # (a wrong token: ValueError, unmapped)
     except FileNotFoundError:
         raise SystemExit(1) from None  # the leader is done, or gone: nothing to do
-    if seg.token != main_arg:
-        seg.close()
-        raise ValueError(f"segment {name} does not carry the token {main_arg:#x} we were given")
     queues, leader, latch, reported = [], None, None, False
     try:
-        toc = Toc.attach(seg.buf, PARALLEL_MAGIC)
-        fixed = read_fixed(toc, seg.buf)
+        fixed = read_fixed(Toc.attach(seg.buf, PARALLEL_MAGIC), seg.buf)
         if not 0 <= number < fixed["nworkers"]:
             raise ValueError(f"worker number {number} is out of range for {name}")
         lay = fixed["layout"]
@@ -85,12 +92,12 @@ def main(main_arg: int) -> None:
         error_mq = MessageQueue(seg.buf, lay.error_queue(fixed["error_base"], number), latch,
                                 expect_size=lay.error_stride)
         queues.append(error_mq)
+        error_mq.set_sender()  # attached: from here on the leader learns how we end
+        _announce_attach(seg.buf, fixed, number)
         data_mq = MessageQueue(seg.buf, lay.data_queue(fixed["data_base"], number), latch,
                                expect_size=lay.data_stride)
         queues.append(data_mq)
-        error_mq.set_sender()  # attached: from here on the leader learns how we end
         data_mq.set_sender()
-        _announce_attach(seg.buf, fixed, number)
         leader = _leader_of(error_mq, fixed["leader_pid"], fixed["leader_start"])
         payload = bytes(seg.buf[fixed["payload_off"]:fixed["payload_off"] + fixed["payload_len"]])
         report, error = _run(fixed["entry"], ParallelWorker(number, payload, fixed["nworkers"], data_mq,
@@ -130,24 +137,27 @@ def _announce_attach(buf, fixed: dict, number: int) -> None:
     the sender pids.  Of two last workers attaching at once, at least one sees the other's
     pid and writes; a leader that misses our pid in its look gets our byte."""
     a = fixed["attach_off"]
-    words = memoryview(buf)[a:a + ATTACH_NAME_OFF].cast("Q")
+    buf_len = len(buf) & ~7
+    words = memoryview(buf)[:buf_len].cast("Q")  # one view for every word we load
     try:
-        launched, name_len = words[0] - 1, words[1]
+        launched, name_len = words[a >> 3] - 1, words[(a >> 3) + 1]
+        if launched > 0:
+            lay, base = fixed["layout"], fixed["error_base"]
+            for i in range(launched):
+                off = lay.error_queue(base, i) + 8 * W_SENDER
+                if off + 8 > buf_len:
+                    raise ValueError("corrupt parallel state (attach count)")
+                if i != number and not words[off >> 3]:
+                    return  # worker i has still to attach: it will look after it has
     finally:
         words.release()
-    if launched > 0:
-        lay, base = fixed["layout"], fixed["error_base"]
-        for i in range(launched):
-            if i != number and not _load_word(buf, lay.error_queue(base, i) + 8 * W_SENDER):
-                return  # worker i has still to attach: it will look after it has
     if not 0 < name_len <= ATTACH_SIZE - ATTACH_NAME_OFF:
         raise ValueError("corrupt parallel state (attach FIFO name)")
     name = bytes(buf[a + ATTACH_NAME_OFF:a + ATTACH_NAME_OFF + name_len]).decode("ascii")
     if "/" in name or dsm.parse_name(name) is None or not name.endswith("." + dsm.ATTACH_TAG):
         raise ValueError(f"corrupt parallel state (attach FIFO name {name!r})")
     try:
-        fd = os.open(os.path.join(dsm.SHM_DIR, name),
-                     os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(dsm.SHM_DIR + "/" + name, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return  # ENXIO: its reader is closed (the leader is done); ENOENT: it is gone
     try:
@@ -159,15 +169,6 @@ def _announce_attach(buf, fixed: dict, number: int) -> None:
         pass  # full: a wakeup is pending anyway
     finally:
         os.close(fd)
-
-
-def _load_word(buf, offset: int) -> int:
-    """One aligned 8-byte load (a memoryview cast, as the queues' words are read)."""
-    w = memoryview(buf)[offset:offset + 8].cast("Q")
-    try:
-        return w[0]
-    finally:
-        w.release()
 
 
 class _LeaderByQueue:
