@@ -46,7 +46,8 @@ The protocol (``shm_mq``'s invariants)
   message cut short by a detach is never delivered.
 * **Progress sets the counterpart's latch**: the sender's after a complete message (or
   when the ring is full, before it waits), the receiver's when it gives space back (at
-  least a quarter of the ring, or before it waits), either side's on detach.  One
+  least a quarter of the ring, or before it waits, or at the end of a message larger
+  than the ring, before its copy into ``bytes``), either side's on detach.  One
   bgwlab departure: between messages, a receiver that finds the sender may be asleep
   publishes the room but wakes it only once three quarters of the ring are free (a
   wakeup is a system call and a context switch; on one CPU a sender woken for a
@@ -101,6 +102,9 @@ MAXALIGN = 8
 LENGTH_WORD = struct.Struct("=Q")
 MAX_MESSAGE = (1 << 30) - 1  # PostgreSQL's MaxAllocSize
 MIN_RING = 8
+# A receiver keeps the buffer it reassembles a message larger than the ring in, for the
+# next such message, up to this size (a fresh megabyte costs an allocation and zeroing).
+KEEP_BUFFER = 4 << 20
 
 (W_WRITTEN, W_READ, W_SENDER, W_SENDER_START, W_RECEIVER, W_RECEIVER_START, W_DETACHED, W_RING,
  W_RECEIVER_LATCH, W_SENDER_LATCH) = range(10)
@@ -193,7 +197,8 @@ class MessageQueue:
         self._woke_at = 0  # our read position when we last set the sender's latch
         self._lazy_room = 0  # a lazy flush defers a sleeping sender's wakeup until this much is free
         self._expected = -1  # payload length, once the length word is read
-        self._partial = None  # bytearray(payload length) being filled ...
+        self._partial = None  # memoryview of payload length, over _rbuf, being filled ...
+        self._rbuf = None  # the bytearray kept for the next message larger than the ring
         self._got = 0  # ... this far
         self._closed = False
 
@@ -515,7 +520,11 @@ class MessageQueue:
                 raise ValueError(f"invalid message size {nbytes} in shared memory queue")
             self._consume(8)
             self._expected = nbytes
-            self._partial = bytearray(nbytes)
+            buf = self._rbuf
+            if buf is None or len(buf) < nbytes:
+                buf = bytearray(nbytes)
+                self._rbuf = buf if nbytes <= KEEP_BUFFER else None
+            self._partial = memoryview(buf)[:nbytes]
             self._got = 0
         need = self._expected
         while self._got < need:
@@ -531,7 +540,14 @@ class MessageQueue:
                 # A message larger than the ring: give room back while we copy, so that a
                 # sender waiting for it writes on while we read (instead of taking turns).
                 self._flush_read()
+        if self._consume_pending:
+            # Publish the message's last piece before the copy below (a megabyte takes tens
+            # of microseconds): a sender waiting for room writes the next message meanwhile,
+            # instead of waiting for our next receive() (where PostgreSQL's shm_mq_receive
+            # publishes it).  Lazy: a sender that may be asleep is woken only as usual.
+            self._flush_read(lazy=True)
         msg = bytes(self._partial)
+        self._partial.release()
         self._expected, self._partial = -1, None
         return SUCCESS, msg
 
@@ -600,6 +616,10 @@ class MessageQueue:
             return
         self._closed = True
         self._pending_msg = None
+        if self._partial is not None:
+            self._partial.release()
+            self._partial = None
+        self._rbuf = None
         self._ring.release()
         self._words.release()
         self._buf = None
