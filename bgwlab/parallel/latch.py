@@ -91,11 +91,18 @@ yet), no spin either.  The spin also stops as soon as every counterpart has gone
 sleep.
 
 The spin adapts, per latch, as adaptive mutexes do: it starts at ``SPIN_US``
-microseconds (``BGWLAB_LATCH_SPIN_US``, default 100; 0 turns it off; never on a single
-CPU).  A spin that saw the latch set makes the next one whole again; one that ran out
+microseconds (``BGWLAB_LATCH_SPIN_US``, default 100; 0 turns it off; never on a machine
+with one CPU -- a process *pinned* to one CPU may spin, its counterpart may run on
+another).  A spin that saw the latch set makes the next one whole again; one that ran out
 halves it, and below ``SPIN_MIN_US`` the spin stops -- until ``PROBE_EVERY`` sleeps
 later, when one whole spin is tried again, then after twice as many sleeps each time a
-try fails (up to ``PROBE_MAX``).  A try is whole, not short, on purpose: after a sleep
+try fails (up to ``PROBE_MAX``).  A spin that ran out while a counterpart that may run
+is on *our* CPU (field 39 of ``/proc/PID/stat``, "processor": the CPU it runs on or
+waits for; ours from ``/proc/thread-self/stat``) stops at once instead of halving: the
+counterpart was waiting for the CPU we spun on, so every spin only delays it -- the two
+processes that the scheduler packed on one CPU, or pinned there.  The look costs two
+``pread``s, a few microseconds, and is made only when a spin failed or is about to wait
+for a wakeup (below): never on the path of a spin that pays.  A try is whole, not short, on purpose: after a sleep
 the counterpart is asleep too, and it answers only after a wakeup's time; a short try
 would never see it and two processes taking turns would stay in the sleeping regime
 for good (measured: the round trip stuck at ~100 us instead of ~10 us).  So a
@@ -104,6 +111,23 @@ that cannot run because the CPUs are busy (a spin would only take its CPU -- two
 processes on one CPU), costs a failed spin now and then, ever less often.
 PostgreSQL's ``WaitLatch`` does not spin (its ``s_lock`` spinlocks do); this is
 bgwlab's trade of a little CPU for latency.
+
+A wakeup's time
+---------------
+
+A counterpart we just woke (``Peer.woken``) and that is not awake yet is on its way, and
+how long that takes is the machine's, not the counterpart's: on a VM whose idle vCPU
+halts (``haltpoll.guest_halt_poll_ns=0``) on a busy host it was measured at hundreds of
+microseconds, more than a spin.  Counted against the spin, that wakeup made every spin
+after a sleep fail -- and a stream of 1 MiB messages, once a disturbance had put both
+sides to sleep, stayed in the sleeping regime for good (two wakeups per ring: ~0.15 GB/s
+instead of ~2 GB/s; the probe, a whole spin, could not outlast a wakeup either).  So a
+spin does not count the time until the counterpart it woke is awake: it waits for it,
+up to the latch's *wake wait* (``WAKE_WAIT_US``, 500), then spins as usual.  Not when
+the counterpart is on our CPU (it cannot arrive before we sleep).  A wake wait that
+runs out -- a counterpart that cannot run because its CPU is busy with other work, not
+halted -- halves the wait, and below a whole spin it is off; one that pays, or a probe,
+makes it whole again.
 
 The fence
 ---------
@@ -156,21 +180,69 @@ SPIN_US = int(os.environ.get("BGWLAB_LATCH_SPIN_US", "100"))
 SPIN_MIN_US = 4
 PROBE_EVERY = 64  # sleeps without spinning before a spin is tried again ...
 PROBE_MAX = 1024  # ... doubling after every try that failed, up to this
+# How long a spin may wait, at most, for a counterpart that we woke and that is not awake
+# yet (see "A wakeup's time"), when it is not on our CPU.
+WAKE_WAIT_US = 500
 _spin_ns = None  # SPIN_US in ns, or 0 on a single CPU (decided at the first wait)
 
 
 
 def spin_ns() -> int:
-    """The spin of a wait, in ns: 0 when this process may use one CPU only (the setter
-    could not run while we spin)."""
+    """The spin of a wait, in ns: 0 on a machine with one CPU (the setter could not run
+    while we spin).  A process pinned to one CPU may still spin: its counterpart may run
+    on another; one on *our* CPU is found out when a spin fails (``_co_located``)."""
     global _spin_ns
     if _spin_ns is None:
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except OSError:
-            cpus = os.cpu_count() or 1
-        _spin_ns = SPIN_US * 1000 if cpus > 1 else 0
+        _spin_ns = SPIN_US * 1000 if (os.cpu_count() or 1) > 1 else 0
     return _spin_ns
+
+
+def _wake_wait_ns() -> int:
+    return WAKE_WAIT_US * 1000 if spin_ns() else 0
+
+
+# -- which CPU a process is on (field 39 of /proc/PID/stat, "processor") -----------------------
+def _cpu_of(fd: int) -> int:
+    """The CPU a process runs on, or last ran on (its run queue's) -- from an open
+    /proc/PID/stat: one pread(), a few microseconds.  -1 if unknown."""
+    try:
+        data = os.pread(fd, 1024, 0)
+        return int(data[data.rindex(b")") + 2:].split()[36])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def my_cpu() -> int:
+    """The CPU this thread runs on (open, pread, close: no fd kept)."""
+    try:
+        fd = os.open("/proc/thread-self/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+    try:
+        return _cpu_of(fd)
+    finally:
+        os.close(fd)
+
+
+def _co_located(peers) -> bool:
+    """Is a counterpart that may be running on our CPU?  Then it cannot run while we spin
+    (it is waiting for our CPU), and a spin only delays it.  Two preads: asked only when
+    a spin failed, before a probe, and when a spin is about to wait for a wakeup."""
+    mine = -2
+    for p in peers:
+        if p.pid == os.getpid():
+            continue  # another thread of ours: it may run anywhere
+        w = p._w
+        if w is None or not w[W_OWNER_PID]:
+            continue
+        cpu = p.cpu()
+        if cpu < 0:
+            continue
+        if mine == -2:
+            mine = my_cpu()
+        if cpu == mine:
+            return True
+    return False
 
 
 _me = (0, 0)  # (pid, its start ticks): ours, read from /proc once per process
@@ -186,19 +258,21 @@ def my_start_ticks() -> int:
     return _me[1]
 
 
-def _any_running(peers) -> bool:
-    """May one of `peers` be running: not (yet) asleep on its latch, or just woken by us?
-    A hint only (read without a fence): it decides whether a spin may pay, never a wakeup."""
+def _any_running(peers) -> int:
+    """May one of `peers` be running: 2 if one is not (yet) asleep on its latch, 1 if
+    none is but one was just woken by us (on its way back), 0 otherwise.  A hint only
+    (read without a fence): it decides whether a spin may pay, never a wakeup."""
+    on_its_way = 0
     for p in peers:
         w = p._w
         if w is None or not w[W_OWNER_PID]:
             continue  # closed, or its owner disowned it (exiting)
         if not w[W_MAYBE_SLEEPING]:
             p.woken = False
-            return True
+            return 2
         if p.woken:
-            return True  # we wrote its FIFO: it is on its way back
-    return False
+            on_its_way = 1  # we wrote its FIFO: it is on its way back
+    return on_its_way
 
 
 def fence() -> None:
@@ -293,6 +367,7 @@ class SharedLatch:
         self.buf, self.offset = buf, offset
         self._w = memoryview(buf)[offset:offset + NAME_OFF].cast("Q")
         self._spin = spin_ns()  # this latch's current spin (ns); 0: off until the next probe
+        self._wake_wait = _wake_wait_ns()  # how long a spin may wait for a woken counterpart (ns)
         self._unspun = 0  # sleeps since the spin went off
         self._probe_every = PROBE_EVERY  # sleeps between two tries while it is off
         self._counterparts = []  # Peers that set this latch (watch): spin only if one may run
@@ -346,20 +421,51 @@ class SharedLatch:
         """The spin: look at is_set while a counterpart may be running.  True if it got set.
         Adapts this latch's spin (see "Spinning first")."""
         peers = self._counterparts
-        if not _any_running(peers):
+        running = _any_running(peers)
+        if not running:
             return False  # nobody who could set it runs (or none attached yet): it cannot pay
         w = self._w
         spin = self._spin if timeout is None else min(self._spin, int(timeout * 1e9))
-        end = _now_ns() + spin
+        start = now = _now_ns()
+        end = start + spin
+        wake_end = -1  # > 0: we wait for a woken counterpart until then (0: we do not)
         n = 0
-        while _now_ns() < end:
+        while True:
             if w[W_IS_SET]:
                 self._spin = _spin_ns  # it paid: the whole spin again next time
                 self._probe_every = PROBE_EVERY
+                if wake_end > 0:
+                    self._wake_wait = _wake_wait_ns()  # so did waiting for its wakeup
                 return True
             n += 1
-            if not n & 15 and not _any_running(peers):
-                return False  # they went to sleep meanwhile: neither a success nor a failure
+            now = _now_ns()
+            if not n & 15 or now >= end:
+                running = _any_running(peers)
+                if not running:
+                    return False  # they went to sleep meanwhile: neither a success nor a failure
+                if now < end:
+                    continue
+                # Run out.  A counterpart we woke that is not awake yet: its wakeup's time
+                # does not count against the spin ("A wakeup's time") -- wait for it, up to
+                # this latch's wake wait, unless it waits for our own CPU.
+                if running == 1 and wake_end < 0:
+                    wake_end = (start + self._wake_wait if timeout is None and self._wake_wait
+                                and not _co_located(peers) else 0)
+                if running == 1 and now < wake_end:
+                    # Still on its way: keep waiting -- a spin's time past the last look at
+                    # it, so that once awake it has about a whole spin to set the latch.
+                    end = min(now + spin, wake_end)
+                    continue
+                break
+        if wake_end > 0 and running == 1:
+            # It never arrived: its wakeup takes longer than we would wait (a busy CPU, not
+            # a halted one): wait half as long next time, none below a spin's length.
+            self._wake_wait >>= 1
+            if self._wake_wait < _spin_ns:
+                self._wake_wait = 0
+        if _co_located(peers):
+            self._spin = 0  # it waits for our CPU: spinning only delays it (a probe may retry)
+            return False
         self._spin >>= 1  # it did not: half as long next time, and stop below the floor
         if self._spin < SPIN_MIN_US * 1000:
             self._spin = 0
@@ -387,6 +493,7 @@ class SharedLatch:
             self._unspun = 0
             self._probe_every = min(self._probe_every * 2, PROBE_MAX)  # a success resets it
             self._spin = _spin_ns  # a whole spin: a counterpart asleep needs a wakeup's time
+            self._wake_wait = _wake_wait_ns()  # and waits for a slow wakeup again
             return True
         return False
 
@@ -525,7 +632,7 @@ class Peer:
     readable once that process has exited: ``fd`` goes into waits.
     """
 
-    __slots__ = ("pid", "start", "fd", "_gone", "_w", "_name", "_wfd", "woken")
+    __slots__ = ("pid", "start", "fd", "_gone", "_w", "_name", "_wfd", "woken", "_statfd")
 
     def __init__(self, pid: int, start: int, buf=None, latch_offset: int = 0):
         self.pid, self.start = pid, start
@@ -536,6 +643,7 @@ class Peer:
         self._name = None
         self._wfd = -1  # the FIFO's write end, opened at the first wakeup that needs it
         self.woken = False  # we wrote its FIFO and have not seen it awake since (a spin hint)
+        self._statfd = None  # its /proc/PID/stat, opened at the first cpu()
         if buf is not None and latch_offset:
             self._name = _record_name(buf, latch_offset)
             self._w = memoryview(buf)[latch_offset:latch_offset + NAME_OFF].cast("Q")
@@ -550,6 +658,19 @@ class Peer:
     def mark_gone(self) -> None:
         """A wait saw our pidfd readable: the process exited."""
         self._gone = True
+
+    def cpu(self) -> int:
+        """The CPU it runs on or last ran on (-1: unknown, gone).  A hint for the spin."""
+        fd = self._statfd
+        if fd is None:
+            fd = -1
+            if not self._gone:
+                try:
+                    fd = os.open(f"/proc/{self.pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    pass
+            self._statfd = fd
+        return _cpu_of(fd) if fd >= 0 else -1
 
     def may_sleep(self) -> bool:
         """Does its record say it may be asleep on its latch (the caller fenced after its
@@ -605,6 +726,9 @@ class Peer:
         if self._wfd >= 0:
             os.close(self._wfd)
             self._wfd = -1
+        if self._statfd is not None and self._statfd >= 0:
+            os.close(self._statfd)
+        self._statfd = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
