@@ -92,7 +92,6 @@ wakeup needs are full fences (``latch.fence``):
 
 from __future__ import annotations
 
-import enum
 import struct
 
 from .latch import FENCED, Peer, my_start_ticks, fence as _fence  # noqa: F401  (FENCED: re-exported)
@@ -119,15 +118,82 @@ def queue_size_for(ring_size: int) -> int:
     return HEADER_SIZE + maxalign(ring_size)
 
 
-class MqResult(enum.Enum):
-    """shm_mq_result."""
+class _MqResultType(type):
+    """What ``enum.EnumMeta`` gave MqResult: iteration, ``len``, lookup by name,
+    ``__members__``.  (Not ``enum`` itself: it brings collections, functools, operator,
+    reprlib, keyword and types into the image of a postmaster that preloads the worker
+    side, and every fork copies their pages.)"""
 
-    SUCCESS = "success"
-    WOULD_BLOCK = "would_block"
-    DETACHED = "detached"
+    def __iter__(cls):
+        return iter(cls._members)
+
+    def __len__(cls):
+        return len(cls._members)
+
+    def __contains__(cls, member):
+        return member in cls._members
+
+    def __getitem__(cls, name):
+        for m in cls._members:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    @property
+    def __members__(cls):
+        return {m.name: m for m in cls._members}
+
+    def __repr__(cls):
+        return f"<enum {cls.__name__!r}>"
 
 
-SUCCESS, WOULD_BLOCK, DETACHED = MqResult.SUCCESS, MqResult.WOULD_BLOCK, MqResult.DETACHED
+class MqResult(metaclass=_MqResultType):
+    """shm_mq_result: ``SUCCESS``, ``WOULD_BLOCK``, ``DETACHED``.
+
+    Behaves as the ``enum.Enum`` it was: three singletons compared with ``is`` (or ``==``),
+    with ``.name`` and ``.value`` ("success", "would_block", "detached"), the same ``repr``
+    and ``str``, ``MqResult("success")`` and ``MqResult["SUCCESS"]`` give the member,
+    iteration in that order; they pickle and copy as themselves."""
+
+    __slots__ = ("name", "value")
+    _members = ()
+
+    def __new__(cls, value):
+        for m in cls._members:
+            if m.value == value:
+                return m
+        raise ValueError(f"{value!r} is not a valid {cls.__name__}")
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"cannot change a {type(self).__name__} member")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"cannot change a {type(self).__name__} member")
+
+    def __repr__(self):
+        return f"<{type(self).__name__}.{self.name}: {self.value!r}>"
+
+    def __str__(self):
+        return f"{type(self).__name__}.{self.name}"
+
+    def __hash__(self):
+        return hash(self.name)
+
+    def __reduce__(self):
+        return (type(self), (self.value,))
+
+
+def _result(name: str, value: str) -> MqResult:
+    m = object.__new__(MqResult)
+    object.__setattr__(m, "name", name)
+    object.__setattr__(m, "value", value)
+    setattr(MqResult, name, m)  # type.__setattr__: a class attribute, as an Enum member
+    return m
+
+
+SUCCESS, WOULD_BLOCK, DETACHED = (_result("SUCCESS", "success"), _result("WOULD_BLOCK", "would_block"),
+                                  _result("DETACHED", "detached"))
+MqResult._members = (SUCCESS, WOULD_BLOCK, DETACHED)
 
 
 class QueueDetached(Exception):
