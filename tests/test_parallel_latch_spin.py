@@ -137,12 +137,15 @@ def test_a_spin_that_failed_with_the_counterpart_elsewhere_halves(seg, spin_on, 
     assert _spin_against_child(seg, CPUS[1], CPUS[0]) == 1_000_000
 
 
-def test_a_pinned_process_may_spin_on_a_machine_with_cpus_to_spare(monkeypatch, affinity):
-    """Pinned to one CPU, a process may still spin: its counterpart may run on another (a
-    shared CPU is found out when a spin fails, above).  Only a one-CPU machine never spins."""
+def test_a_process_pinned_to_one_cpu_never_spins(monkeypatch, affinity):
+    """Pinned to one CPU, a process does not spin (its counterpart, if it shares that CPU,
+    could not run meanwhile); with more CPUs to use, it does."""
     os.sched_setaffinity(0, {CPUS[0]})
     monkeypatch.setattr(L, "_spin_ns", None)
-    assert L.spin_ns() == (L.SPIN_US * 1000 if (os.cpu_count() or 1) > 1 else 0)
+    assert L.spin_ns() == 0
+    os.sched_setaffinity(0, set(CPUS))
+    monkeypatch.setattr(L, "_spin_ns", None)
+    assert L.spin_ns() == (L.SPIN_US * 1000 if len(CPUS) > 1 else 0)
 
 
 def _slow_waker(me, rec, after_s):

@@ -91,9 +91,9 @@ yet), no spin either.  The spin also stops as soon as every counterpart has gone
 sleep.
 
 The spin adapts, per latch, as adaptive mutexes do: it starts at ``SPIN_US``
-microseconds (``BGWLAB_LATCH_SPIN_US``, default 100; 0 turns it off; never on a machine
-with one CPU -- a process *pinned* to one CPU may spin, its counterpart may run on
-another).  A spin that saw the latch set makes the next one whole again; one that ran out
+microseconds (``BGWLAB_LATCH_SPIN_US``, default 100; 0 turns it off; never in a
+process that may use one CPU only -- measured: letting a process pinned to one CPU spin
+cost the 64 B round trip of two processes pinned to one CPU 10 %).  A spin that saw the latch set makes the next one whole again; one that ran out
 halves it, and below ``SPIN_MIN_US`` the spin stops -- until ``PROBE_EVERY`` sleeps
 later, when one whole spin is tried again, then after twice as many sleeps each time a
 try fails (up to ``PROBE_MAX``).  A spin that ran out while a counterpart that may run
@@ -188,12 +188,17 @@ _spin_ns = None  # SPIN_US in ns, or 0 on a single CPU (decided at the first wai
 
 
 def spin_ns() -> int:
-    """The spin of a wait, in ns: 0 on a machine with one CPU (the setter could not run
-    while we spin).  A process pinned to one CPU may still spin: its counterpart may run
-    on another; one on *our* CPU is found out when a spin fails (``_co_located``)."""
+    """The spin of a wait, in ns: 0 when this process may use one CPU only (the setter
+    could not run while we spin, if it shares that CPU; a counterpart unpinned, or pinned
+    elsewhere, still spins for us).  A counterpart that merely *happens* to be on our CPU
+    is found out when a spin fails (``_co_located``)."""
     global _spin_ns
     if _spin_ns is None:
-        _spin_ns = SPIN_US * 1000 if (os.cpu_count() or 1) > 1 else 0
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except OSError:
+            cpus = os.cpu_count() or 1
+        _spin_ns = SPIN_US * 1000 if cpus > 1 else 0
     return _spin_ns
 
 
