@@ -45,9 +45,12 @@ The protocol (``shm_mq``'s invariants)
   still drains every *complete* message already written, then gets ``DETACHED``.  A
   message cut short by a detach is never delivered.
 * **Progress sets the counterpart's latch**: the sender's after a complete message (or
-  when the ring is full, before it waits), the receiver's when it gives space back (at
-  least a quarter of the ring, or before it waits, or at the end of a message larger
-  than the ring, before its copy into ``bytes``), either side's on detach.  One
+  when the ring is full, before it waits; and, inside a message larger than the ring,
+  each time more than a quarter ring is pending -- PostgreSQL's ``shm_mq_send_bytes``
+  publishes only when the ring is full: measured here, the two are equal), the
+  receiver's when it gives space back (at least a quarter of the ring, or before it
+  waits, or at the end of a message larger than the ring, before its copy into
+  ``bytes``), either side's on detach.  One
   bgwlab departure: between messages, a receiver that finds the sender may be asleep
   publishes the room but wakes it only once three quarters of the ring are free (a
   wakeup is a system call and a context switch; on one CPU a sender woken for a
