@@ -374,18 +374,22 @@ class WorkerHandle:
                 return POSTMASTER_DIED, None
             raise
 
-    def _look(self, done, pm_fd, deadline):
+    def _look(self, done, pm_fd, deadline, pm_news=True):
         """One check of a wait loop (after latch.reset()).
 
         Returns (finished, status, pid, how long to sleep: None = until woken).
+        `pm_news=False`: the postmaster's pidfd was not readable when the wait returned, so
+        it was alive then -- no need to ask again (the next sleep has it in its poll() and
+        returns at once if it dies).  Asked anyway before a deadline ends the wait.
         """
         status, pid = self._status_in_wait()
         if done(status) or status is POSTMASTER_DIED:
             return True, status, pid, 0
-        if pm_fd < 0 or wait_fds([pm_fd], 0):
-            return True, POSTMASTER_DIED, None, 0
         remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
+        expired = remaining is not None and remaining <= 0
+        if (pm_news or expired) and (pm_fd < 0 or wait_fds([pm_fd], 0)):
+            return True, POSTMASTER_DIED, None, 0
+        if expired:
             return True, status, pid, 0
         if not self.notify:
             remaining = min(remaining or self.UNNOTIFIED_POLL_S, self.UNNOTIFIED_POLL_S)
@@ -397,13 +401,16 @@ class WorkerHandle:
         pm_fd = b._pm_fd
         latch = Latch()
         dispatcher.add(latch)
+        pm_news = True  # (the first look asks whether the postmaster lives)
         try:
             while True:
                 latch.reset()  # reset, *then* check: a signal after this point leaves the latch set
-                finished, status, pid, sleep_s = self._look(done, pm_fd, deadline)
+                finished, status, pid, sleep_s = self._look(done, pm_fd, deadline, pm_news)
                 if finished:
                     break
-                dispatcher.wait(latch, sleep_s, also=(pm_fd,))
+                # looks_again: we look after every wakeup, so a SIGUSR1 the dispatcher drains
+                # here need not set our own latch
+                pm_news = pm_fd in dispatcher.wait(latch, sleep_s, also=(pm_fd,), looks_again=True)
         finally:
             dispatcher.remove(latch)
             latch.close()

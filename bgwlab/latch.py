@@ -68,6 +68,7 @@ import os
 import signal
 import threading
 import time
+from _signal import getsignal as _getsignal  # signal.getsignal converts to an enum: ~3 us a call
 
 from .procinfo import wait_fds  # (defined there: see its docstring)
 
@@ -144,6 +145,8 @@ class PipeLatch(EventfdLatch):
 
 
 Latch = EventfdLatch
+_SIGUSR1 = int(signal.SIGUSR1)
+_SIG_DFL, _SIG_IGN = int(signal.SIG_DFL), int(signal.SIG_IGN)
 
 
 class PollingWait:
@@ -245,7 +248,7 @@ class SignalDispatcher:
         if current not in (self._w, -1):
             self._forward_fd = current  # theirs keeps getting its bytes, through us
             self._ensure_thread()
-        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, signal.SIG_IGN, None):
+        if _getsignal(_SIGUSR1) in (_SIG_DFL, _SIG_IGN, None):
             signal.signal(signal.SIGUSR1, self._python_handler)
 
     def _ensure_thread(self) -> None:
@@ -275,8 +278,10 @@ class SignalDispatcher:
             finally:
                 self._lock.release()
 
-    def drain(self) -> bool:
-        """Read the wakeup pipe empty, forward it, set every latch if SIGUSR1 was in it.
+    def drain(self, looking=None) -> bool:
+        """Read the wakeup pipe empty, forward it, set every latch if SIGUSR1 was in it --
+        but `looking`, the latch of a waiter that looks at the shared state again
+        whatever its latch says (it has just woken).
 
         Any thread, but never from a signal handler (it takes the lock).  Returns False
         once the pipe is closed.
@@ -292,6 +297,8 @@ class SignalDispatcher:
             if not chunk:
                 return False
             data += chunk
+            if len(chunk) < 4096:  # a short read emptied it: a second read would only raise
+                break              # (a byte written since makes the next poll() return at once)
         if not data:
             return True
         if self._forward_fd != -1:
@@ -299,9 +306,9 @@ class SignalDispatcher:
                 os.write(self._forward_fd, data)
             except OSError:
                 pass
-        if signal.SIGUSR1 in data:
+        if _SIGUSR1 in data:
             self.signals_seen += 1
-            self.set_all()
+            self.set_all(looking)
         return True
 
     def _run(self) -> None:
@@ -315,12 +322,15 @@ class SignalDispatcher:
                 return
 
     # -- waiting ----------------------------------------------------------------------------
-    def wait(self, latch, timeout: float | None = None, also=()) -> list[int]:
+    def wait(self, latch, timeout: float | None = None, also=(), looks_again: bool = False) -> list[int]:
         """``latch.wait(timeout, also)`` for a registered waiter.
 
         In the main thread (of the process that installed us) this also polls the wakeup
         pipe and drains it on the spot, so that the waiter wakes without handing the
         signal through a second thread.  Elsewhere it is exactly ``latch.wait``.
+        `looks_again`: the caller looks at the shared state after every return, whatever
+        its latch says (reset, look, wait), so a SIGUSR1 drained here need not set its
+        own latch (two system calls: the set, and the read of the next reset).
         """
         r = self._r
         if (r < 0 or self._pid != os.getpid()
@@ -329,17 +339,19 @@ class SignalDispatcher:
         self.reclaim()
         ready = latch.wait(timeout, (*also, r))
         if r in ready:
-            self.drain()  # sets the latch if a SIGUSR1 was in the pipe; the caller looks again
+            # sets the latches if a SIGUSR1 was in the pipe; the caller looks again
+            self.drain(latch if looks_again else None)
             ready.remove(r)
         return ready
 
     # -- latches ----------------------------------------------------------------------------
-    def set_all(self) -> None:
+    def set_all(self, but=None) -> None:
         # Under the lock: a waiter removes its latch (under the lock) before closing it,
         # so we never write to a closed -- possibly reused -- file descriptor.
         with self._lock:
             for latch in self._latches:
-                latch.set()
+                if latch is not but:
+                    latch.set()
 
     def add(self, latch) -> None:
         """Register a waiter's latch.  Outside the main thread, also start the fan-out thread."""
