@@ -3,7 +3,8 @@ per CPU placement, with the pipe peers in the same rounds.
 
     flock /tmp/bgwlab-bench.lock .venv/bin/python benchmarks/ab_queue.py [--rounds 10]
         [--placements same,diff,free] [--cases tp1m,tp8k,rt] [--peers os_pipe,mp_pipe]
-        [--a s6|tree] [--b tree]
+        [--a s6|tree] [--env-a BGWLAB_AB_FROZEN=latch] [--env-b K=V] [--hog N]
+        [--slow-wake-us N] [--seed S] [--csv FILE]
 
 Two leader processes, one per side, each with its own cluster: **A** imports
 ``ab_patches/queue_s6.py`` first (and its postmaster preloads it first), which loads
@@ -32,8 +33,17 @@ Peers (run by this process, children by ``fork``): ``os_pipe`` (8-byte length pr
 ``writev`` / ``readv``) and ``mp_pipe`` (``Pipe(duplex=False)``, ``send_bytes`` /
 ``recv_bytes``) for tp1m / tp8k, ``mp_pipe`` (duplex) for rt; the child pins itself.
 
+Which frozen modules A loads: ``--env-a BGWLAB_AB_FROZEN=...`` -- ``mq``, ``latch`` (the
+default is both), or ``mq=mq_s6b`` for another frozen step (ab_patches/queue_s6.py);
+``--a tree`` runs the tree on both sides (an A/A run, or an ``--env-*`` alone).  Machine
+states: ``--hog N`` runs N busy loops during the rounds (other work on the CPUs);
+``--slow-wake-us N`` makes every latch sleep return N us late on both sides
+(ab_patches/slow_wake.py: a halted vCPU's wakeup on a busy host; the pipe peers are not
+slowed, so compare them only without it).
+
 Prints per (case, placement): each side's median, n, B/A of the medians and the median
-of the per-round B/A ratios, and bgwlab (B) / each peer.  ``--csv FILE`` keeps samples.
+of the per-round B/A ratios, the leader's minor faults per trial, and bgwlab (B) / each
+peer.  ``--csv FILE`` keeps samples.
 """
 
 from __future__ import annotations
