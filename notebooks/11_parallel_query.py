@@ -249,7 +249,9 @@ plot_ring_counters(trace, ax=ax);
 # > only once three quarters of the ring are free (fewer wake-ups, each of which costs
 # > ~50 µs across CPUs on this kind of VM), and a latch wait spins for up to
 # > `BGWLAB_LATCH_SPIN_US` (100 µs, adaptive; 0 turns it off) while the other side may be
-# > running, where `WaitLatch` goes to sleep at once. README, *Differences from PostgreSQL*.
+# > running -- waiting out, up to 500 µs, the wake-up of a side it has just woken, and not
+# > at all while that side waits for the spinner's own CPU -- where `WaitLatch` goes to
+# > sleep at once. README, *Differences from PostgreSQL*.
 
 # %% [markdown]
 # ## 6. Measured: time to the first tuple, to the answer, to the error
