@@ -199,25 +199,7 @@ def side_main(name: str) -> int:
 
 
 # -- peers (this process) ---------------------------------------------------------------------------
-def _write_all(fd, parts):
-    total = sum(len(p) for p in parts)
-    done = os.writev(fd, parts)
-    while done < total:
-        flat = b"".join(bytes(p) for p in parts)
-        done += os.write(fd, flat[done:])
-
-
-def _read_exact(fd, n) -> bytes:
-    buf = bytearray(n)
-    mv = memoryview(buf)
-    got = 0
-    while got < n:
-        k = os.readv(fd, [mv[got:]])
-        if k == 0:
-            raise EOFError("writer closed early")
-        got += k
-    mv.release()
-    return bytes(buf)
+from bench_parallel import _read_exact, _write_all  # noqa: E402  (the same peers as the bench)
 
 
 def _os_pipe_sender(w, n, size, cpu):
