@@ -28,6 +28,10 @@ figures grow with this process's image, which is far smaller here than in
 ``bench_parallel.py``: ``--like-bench`` first imports what that process holds -- its
 modules, ``tqdm.auto``, ``numpy`` -- so that the ratios compare.)
 
+``--faults``: both postmasters also preload ``ab_patches/pl_faults.py``, and every
+parallel worker reports its minor (copy-on-write) faults and CPU time from fork to the
+end of its ``main``; each trial keeps the mean of its 4 workers, the summary their medians.
+
 The kind ``floor`` is the engine alone, no parallel machinery: four workers registered
 (notify=True, as ParallelContext registers them) whose entry point writes one byte into a
 FIFO (``ab_patches/launch_floor.py``), timed to the fourth byte -- four workers forked and
@@ -57,7 +61,8 @@ sys.path.insert(1, str(HERE))  # (bench_parallel, for --like-bench)
 
 PRELOAD = {"A": ("bgwlab.parallel.examples", "parallel_old_worker", "launch_floor"),
            "s6": ("bgwlab.parallel.examples", "parallel_s6_worker", "launch_floor"),
-           "B": ("bgwlab.parallel.examples", "bgwlab.parallel.worker", "launch_floor")}
+           "B": ("bgwlab.parallel.examples", "bgwlab.parallel.worker", "launch_floor"),
+           "s6c": ("bgwlab.parallel.examples", "bgwlab.parallel.worker", "launch_floor", "pl_worker_s6c")}
 ENTRIES = {"attach": "bgwlab.parallel.examples:do_nothing",
            "first_message": "bgwlab.parallel.examples:first_message"}
 FLOOR_FIFO = f"/tmp/ab_launch_floor.{os.getpid()}"
@@ -109,10 +114,33 @@ def floor_trial(backend, pm_pid: int, fifo_fd: int) -> dict:
                 pm_cpu_ms=(_cpu_ns(pm_pid) - pm0) / 1e6)
 
 
-def trial(context_class, backend, kind: str, pm_pid: int, fifo_fd: int = -1) -> dict:
+FAULTS_DIR = ""  # --faults: where the workers write their figures (ab_patches/pl_faults.py)
+
+
+def _worker_costs(pm_pid: int) -> dict:
+    """The mean minor faults and CPU (ms) of the workers `pm_pid` forked since the last call."""
+    if not FAULTS_DIR:
+        return {}
+    path = f"{FAULTS_DIR}/{pm_pid}"
+    try:
+        with open(path) as f:
+            rows = [tuple(map(int, line.split())) for line in f if line.strip()]
+        os.unlink(path)
+    except FileNotFoundError:
+        rows = []
+    if not rows:
+        return {}
+    return dict(w_faults=sum(r[0] for r in rows) / len(rows),
+                w_cpu_ms=sum(r[1] for r in rows) / len(rows) / 1e6)
+
+
+def trial(context_class, backend, kind: str, pm_pid: int, fifo_fd: int = -1,
+          worker_entry: str = "") -> dict:
     """One launch of 4 workers; the times of bench_parallel's launch4 row."""
     if kind == "floor":
         return floor_trial(backend, pm_pid, fifo_fd)
+    if worker_entry:
+        sys.modules[context_class.__module__].WORKER_ENTRY = worker_entry  # read by launch()
     pm0 = _cpu_ns(pm_pid)
     me0 = _cpu_ns("self")
     t0 = time.monotonic_ns()
@@ -128,7 +156,7 @@ def trial(context_class, backend, kind: str, pm_pid: int, fifo_fd: int = -1) -> 
         if kind == "attach":
             pcxt.wait_for_finish()
     return dict(ms=(t1 - t0) / 1e6, leader_cpu_ms=(me1 - me0) / 1e6,
-                pm_cpu_ms=(_cpu_ns(pm_pid) - pm0) / 1e6)
+                pm_cpu_ms=(_cpu_ns(pm_pid) - pm0) / 1e6, **_worker_costs(pm_pid))
 
 
 def _report_up(fd: int) -> None:
@@ -176,9 +204,12 @@ def main(argv=None) -> int:
     ap.add_argument("--like-bench", action="store_true",
                     help="first import what bench_parallel.py's process holds (its modules, "
                          "tqdm.auto, numpy): the leader, and the pools' forks, get its image")
-    ap.add_argument("--a", choices=("old", "s6", "new"), default="old",
+    ap.add_argument("--faults", action="store_true",
+                    help="report each parallel worker's minor faults and CPU, fork to end of main")
+    ap.add_argument("--a", choices=("old", "s6", "new", "s6c"), default="old",
                     help="old: parallel_old_*; s6: parallel_s6_* (the tree before session 6's "
-                         "launch work); new: A runs the tree too (to A/B a --patch-* alone)")
+                         "launch work); new: A runs the tree too (to A/B a --patch-* alone); s6c: A's "
+                         "workers run pl_worker_s6c (the worker's side before session 7)")
     ap.add_argument("--patch-a", default="", help="a module A's postmaster also preloads (a patch)")
     ap.add_argument("--patch-b", default="", help="a module B's postmaster also preloads (a patch)")
     ap.add_argument("--prepatch-b", default="",
@@ -198,12 +229,22 @@ def main(argv=None) -> int:
         from parallel_s6_context import ParallelContext as Old
     else:
         Old = New
+    global FAULTS_DIR
+    if args.faults:
+        import tempfile
+
+        FAULTS_DIR = tempfile.mkdtemp(prefix="ab_launch_faults.")
+        os.environ["BGWLAB_AB_FAULTS_DIR"] = FAULTS_DIR  # (the postmasters inherit it)
+    entries = {"A": "pl_worker_s6c:main" if args.a == "s6c" else "",
+               "B": "bgwlab.parallel.worker:main" if args.a == "s6c" else ""}
+    tail = ("pl_faults",) if args.faults else ()
 
     kinds = args.kinds.split(",")
     classes = {"A": Old, "B": New}
-    preload = {"A": {"old": PRELOAD["A"], "s6": PRELOAD["s6"], "new": PRELOAD["B"]}[args.a]
-                    + _extra(args.patch_a),
-               "B": _extra(args.prepatch_b) + PRELOAD["B"] + _extra(args.patch_b)}
+    preload = {"A": {"old": PRELOAD["A"], "s6": PRELOAD["s6"], "new": PRELOAD["B"],
+                     "s6c": PRELOAD["s6c"]}[args.a] + _extra(args.patch_a) + tail,
+               "B": _extra(args.prepatch_b) + PRELOAD["s6c" if args.a == "s6c" else "B"]
+                    + _extra(args.patch_b) + tail}
     for v in "AB":  # warm the postmasters' bytecode cache (see the docstring)
         Cluster.start(max_workers=8, preload=preload[v]).stop()
     clusters = {v: Cluster.start(max_workers=8, preload=preload[v]) for v in "AB"}
@@ -219,7 +260,8 @@ def main(argv=None) -> int:
         fifo_fd = os.open(FLOOR_FIFO, os.O_RDWR | os.O_NONBLOCK)
     try:
         for v in "AB":  # one untimed launch each: first-use costs out of the figures
-            trial(classes[v], backends[v], "attach", clusters[v].postmaster_pid)
+            trial(classes[v], backends[v], "attach", clusters[v].postmaster_pid,
+                  worker_entry=entries[v])
         for _ in range(args.n):
             order = list(cases)
             rng.shuffle(order)
@@ -228,7 +270,7 @@ def main(argv=None) -> int:
                     out[(v, k)].append(pool_trial(k))
                 else:
                     out[(v, k)].append(trial(classes[v], backends[v], k, clusters[v].postmaster_pid,
-                                             fifo_fd))
+                                             fifo_fd, entries[v]))
     finally:
         if fifo_fd >= 0:
             os.close(fifo_fd)
@@ -237,10 +279,15 @@ def main(argv=None) -> int:
             b.detach()
         for c in clusters.values():
             c.stop()
+        if FAULTS_DIR:
+            import shutil
+
+            shutil.rmtree(FAULTS_DIR, ignore_errors=True)
     load1 = os.getloadavg()
     print(f"ab_launch: n={args.n} per case, load {load0[0]:.2f} -> {load1[0]:.2f} "
-          f"(1-min avg), A = {dict(old='parallel_old_*', s6='parallel_s6_*', new='tree')[args.a]}"
-          f"{' + ' + args.patch_a if args.patch_a else ''}, B = tree"
+          f"(1-min avg), A = {dict(old='parallel_old_*', s6='parallel_s6_*', new='tree', s6c='tree')[args.a]}"
+          f"{' + ' + args.patch_a if args.patch_a else ''}"
+          f"{' (workers: pl_worker_s6c)' if args.a == 's6c' else ''}, B = tree"
           f"{' + ' + args.patch_b if args.patch_b else ''}"
           f"{' + ' + args.prepatch_b + ' (first)' if args.prepatch_b else ''}")
     pool_med = {}
@@ -255,7 +302,8 @@ def main(argv=None) -> int:
             xs = [r["ms"] for r in rs]
             med[v] = statistics.median(xs)
             extra = "  ".join(f"{m} {statistics.median(r[m] for r in rs):6.2f}"
-                              for m in ("leader_cpu_ms", "pm_cpu_ms"))
+                              for m in ("leader_cpu_ms", "pm_cpu_ms", "w_faults", "w_cpu_ms")
+                              if all(m in r for r in rs))
             peer = "mp_pool" if k == "first_message" else "mp_pool.all4"
             vs_pool = f"  /{peer} {med[v] / pool_med[peer]:5.2f}x" if pool_med else ""
             print(f"  {k:14s} {v}  median {med[v]:7.2f} ms  p90 {_pct(xs, 90):7.2f}  "

@@ -164,6 +164,7 @@ import stat
 from _thread import allocate_lock as _allocate_lock
 from time import monotonic_ns as _now_ns
 
+from .. import worker as _bgw  # the engine's worker module (in a worker: its alive and wakeup fds)
 from ..errors import PostmasterDied
 from ..procinfo import open_pidfd, start_ticks, wait_fds
 
@@ -183,7 +184,7 @@ PROBE_MAX = 1024  # ... doubling after every try that failed, up to this
 # How long a spin may wait, at most, for a counterpart that we woke and that is not awake
 # yet (see "A wakeup's time"), when it is not on our CPU.
 WAKE_WAIT_US = 500
-_spin_ns = None  # SPIN_US in ns, or 0 on a single CPU (decided at the first wait)
+_spin_ns = None  # SPIN_US in ns, or 0 on a single CPU (decided at import: see spin_ns)
 
 
 
@@ -191,7 +192,11 @@ def spin_ns() -> int:
     """The spin of a wait, in ns: 0 when this process may use one CPU only (the setter
     could not run while we spin, if it shares that CPU; a counterpart unpinned, or pinned
     elsewhere, still spins for us).  A counterpart that merely *happens* to be on our CPU
-    is found out when a spin fails (``_co_located``)."""
+    is found out when a spin fails (``_co_located``).
+
+    Decided once per process image, when this module is imported: a worker inherits its
+    postmaster's decision (and its affinity: a fork keeps it), instead of asking
+    ``sched_getaffinity`` again in every worker's start-up."""
     global _spin_ns
     if _spin_ns is None:
         try:
@@ -200,6 +205,9 @@ def spin_ns() -> int:
             cpus = os.cpu_count() or 1
         _spin_ns = SPIN_US * 1000 if cpus > 1 else 0
     return _spin_ns
+
+
+spin_ns()  # once, at import: a postmaster that preloads this module decides it for its workers
 
 
 def _wake_wait_ns() -> int:
@@ -361,7 +369,7 @@ class SharedLatch:
         # O_RDWR, not O_RDONLY: we stay a writer of our own FIFO, so its read end never
         # reports POLLHUP after a setter closes its end (poll() would return at once,
         # forever), and set() from another thread of ours needs no second fd.
-        fd = os.open(os.path.join(SHM_DIR, self.name),
+        fd = os.open(SHM_DIR + "/" + self.name,
                      os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
             _check_private_fifo(fd, self.name)
@@ -623,10 +631,9 @@ class WorkerLatch(SharedLatch):
 
     def __init__(self, buf, offset: int):
         super().__init__(buf, offset)
-        from .. import worker
-
-        self.death_fds = (worker._alive_fd,) if worker._alive_fd >= 0 else ()
-        self.drain_fds = (worker._wake_fd,) if worker._wake_fd >= 0 else ()
+        alive, wake = _bgw._alive_fd, _bgw._wake_fd
+        self.death_fds = (alive,) if alive >= 0 else ()
+        self.drain_fds = (wake,) if wake >= 0 else ()
 
 
 class Peer:
@@ -635,12 +642,19 @@ class Peer:
     ``set_latch()`` is PostgreSQL's ``SetLatch(&proc->procLatch)`` on the counterpart's
     record (the protocol above).  The pidfd, validated against the start time, is
     readable once that process has exited: ``fd`` goes into waits.
+
+    Two queues of one process whose counterpart is the same process, with the same latch
+    record, may share one Peer (``share``): a worker's error and data queues, whose
+    receiver is the leader.  Each holder closes it once; the last close releases it.
     """
 
-    __slots__ = ("pid", "start", "fd", "_gone", "_w", "_name", "_wfd", "woken", "_statfd")
+    __slots__ = ("pid", "start", "fd", "_gone", "_w", "_name", "_wfd", "woken", "_statfd",
+                 "latch_offset", "_refs")
 
     def __init__(self, pid: int, start: int, buf=None, latch_offset: int = 0):
         self.pid, self.start = pid, start
+        self.latch_offset = latch_offset
+        self._refs = 1
         fd = open_pidfd(pid, start)
         self.fd = -1 if fd is None else fd
         self._gone = self.fd < 0
@@ -663,6 +677,21 @@ class Peer:
     def mark_gone(self) -> None:
         """A wait saw our pidfd readable: the process exited."""
         self._gone = True
+
+    def share(self, pid: int, start: int, latch_offset: int):
+        """This Peer, one more holder's, if it is (pid, start) with its latch record at
+        `latch_offset` -- the same process (a pid and its start time name one process), so
+        the same pidfd and the same latch; else None.  Not after close."""
+        if (self._refs > 0 and pid == self.pid and start == self.start
+                and latch_offset == self.latch_offset):
+            self._refs += 1
+            return self
+        return None
+
+    @property
+    def shared(self) -> bool:
+        """Does another holder still use it (a close now would not release it)?"""
+        return self._refs > 1
 
     def cpu(self) -> int:
         """The CPU it runs on or last ran on (-1: unknown, gone).  A hint for the spin."""
@@ -705,7 +734,7 @@ class Peer:
             if self._name is None:
                 return
             try:
-                fd = os.open(os.path.join(SHM_DIR, self._name),
+                fd = os.open(SHM_DIR + "/" + self._name,
                              os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
             except OSError:
                 # ENXIO: no reader (it closed its latch: it is exiting); ENOENT: the
@@ -725,6 +754,11 @@ class Peer:
             pass  # EAGAIN: full, a wakeup is pending anyway; EPIPE: its reader closed
 
     def close(self) -> None:
+        """Its holder is done with it; the last holder's close releases the fds and the view."""
+        if self._refs > 1:
+            self._refs -= 1
+            return
+        self._refs = 0
         if self._w is not None:
             self._w.release()
             self._w = None

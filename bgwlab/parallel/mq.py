@@ -67,6 +67,9 @@ The protocol (``shm_mq``'s invariants)
   (``shm_mq_set_handle``; the postmaster's notification sets our latch when it stops).
   After: through a pidfd of it, validated against its start time, in the same ``poll()``
   as our latch; a counterpart found dead is marked ``detached`` "to make it official".
+  Two queues of one process with the same counterpart (a worker's error and data queues:
+  both the leader's) may share that pidfd (``peer_from``): a (pid, start time) pair names
+  one process, so one pidfd tells both queues; the last of them to close releases it.
   (In PostgreSQL a process that dies without detaching takes the whole cluster through
   crash-restart; bgwlab's leaders live outside that crash domain -- DESIGN §1a.)
 
@@ -229,11 +232,16 @@ class MessageQueue:
 
     `latch` is this process's ``SharedLatch`` (latch.py), whose record must lie in the same
     mapping as the queue; `handle` (optional) the ``WorkerHandle`` of the counterpart, if
-    it is a worker we registered.  Not thread-safe: one thread per
-    handle, as in PostgreSQL.
+    it is a worker we registered.  `peer_from` (optional): another queue of this process
+    whose counterpart may be this queue's too (a worker's error queue, for its data
+    queue: both are the leader's) -- if that queue's counterpart, once found, is the same
+    process with the same latch record, this queue uses its ``Peer`` instead of opening
+    a second pidfd (a ``pidfd_open`` and a read of /proc saved).  Not thread-safe: one
+    thread per handle, as in PostgreSQL.
     """
 
-    def __init__(self, buf, offset: int, latch, *, expect_size: int | None = None, handle=None):
+    def __init__(self, buf, offset: int, latch, *, expect_size: int | None = None, handle=None,
+                 peer_from: MessageQueue | None = None):
         view = memoryview(buf)
         self._words = view[offset:offset + HEADER_SIZE].cast("Q")
         ring = self._words[W_RING]
@@ -255,6 +263,7 @@ class MessageQueue:
         self.role = None  # "sender" | "receiver"
         self._peer: Peer | None = None
         self._peer_also = None  # (the counterpart's pidfd,): what our waits poll besides the latch
+        self._peer_from = peer_from
         # sender state (shm_mq_handle): published counter + bytes not yet published
         self._written = 0
         self._send_pending = 0
@@ -340,7 +349,12 @@ class MessageQueue:
                                        else (W_SENDER, W_SENDER_START, W_SENDER_LATCH))
             pid = self._words[w_pid]
             if pid:  # TSO: loads in order, so the start and latch stored before it are here
-                self._peer = Peer(pid, self._words[w_start], self._buf, self._words[w_latch])
+                start, latch_off = self._words[w_start], self._words[w_latch]
+                other = self._peer_from
+                shared = None
+                if other is not None and other._peer is not None and other._buf is self._buf:
+                    shared = other._peer.share(pid, start, latch_off)  # same process, same latch
+                self._peer = shared or Peer(pid, start, self._buf, latch_off)
                 watch = getattr(self.latch, "watch", None)
                 if watch is not None:
                     watch(self._peer)  # our waits spin only while it may be running
@@ -692,11 +706,12 @@ class MessageQueue:
         self._ring.release()
         self._words.release()
         self._buf = None
+        self._peer_from = None
         if self._peer is not None:
             unwatch = getattr(self.latch, "unwatch", None)
-            if unwatch is not None:
+            if unwatch is not None and not self._peer.shared:  # (another queue still watches it)
                 unwatch(self._peer)
-            self._peer.close()
+            self._peer.close()  # a shared Peer: released by its last holder's close
 
     def _check_role(self, role) -> None:
         if self._closed:

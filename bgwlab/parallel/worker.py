@@ -95,7 +95,7 @@ def main(main_arg: int) -> None:
         error_mq.set_sender()  # attached: from here on the leader learns how we end
         _announce_attach(seg.buf, fixed, number)
         data_mq = MessageQueue(seg.buf, lay.data_queue(fixed["data_base"], number), latch,
-                               expect_size=lay.data_stride)
+                               expect_size=lay.data_stride, peer_from=error_mq)  # one Peer of the leader
         queues.append(data_mq)
         data_mq.set_sender()
         leader = _leader_of(error_mq, fixed["leader_pid"], fixed["leader_start"])
