@@ -58,3 +58,18 @@ def test_a_workers_two_queues_share_one_peer_of_the_leader(cluster):
     # and it is the leader: this process.
     want = repr((True, True, 2, os.getpid())).encode()
     assert got == {0: want, 1: want}
+
+
+def test_the_pidfd_is_opened_and_checked_at_first_use():
+    """Peer opens nothing when made; its first fd/gone opens the pidfd and checks the start
+    time -- a pid whose start time is not the one named (recycled) is gone."""
+    me, start = os.getpid(), start_ticks(os.getpid())
+    before = set(os.listdir("/proc/self/fd"))
+    p = Peer(me, start)
+    assert set(os.listdir("/proc/self/fd")) == before  # nothing opened yet
+    assert not p.gone and p.fd >= 0  # opened, checked: it is us
+    p.close()
+    q = Peer(me, start + 1)  # "another process" with our pid
+    assert q.gone and q.fd == -1
+    q.close()
+    assert set(os.listdir("/proc/self/fd")) == before

@@ -646,18 +646,24 @@ class Peer:
     Two queues of one process whose counterpart is the same process, with the same latch
     record, may share one Peer (``share``): a worker's error and data queues, whose
     receiver is the leader.  Each holder closes it once; the last close releases it.
+
+    The pidfd is opened, and checked against the start time, at the first use of ``fd``
+    or ``gone`` -- not when the Peer is made: setting its latch needs neither, and a
+    worker makes its Peer of the leader on the way to its attach announcement, where a
+    ``pidfd_open`` and a read of /proc cost ~100 us of copy-on-write faults and system
+    calls.  Opened later, the check is the same: a pid that another process has taken
+    meanwhile fails it, and the Peer is gone -- as the process it named is.
     """
 
-    __slots__ = ("pid", "start", "fd", "_gone", "_w", "_name", "_wfd", "woken", "_statfd",
+    __slots__ = ("pid", "start", "_fd", "_gone", "_w", "_name", "_wfd", "woken", "_statfd",
                  "latch_offset", "_refs")
 
     def __init__(self, pid: int, start: int, buf=None, latch_offset: int = 0):
         self.pid, self.start = pid, start
         self.latch_offset = latch_offset
         self._refs = 1
-        fd = open_pidfd(pid, start)
-        self.fd = -1 if fd is None else fd
-        self._gone = self.fd < 0
+        self._fd = -2  # -2: not opened yet (see above); -1: none (it was gone, or closed)
+        self._gone = False
         self._w = None
         self._name = None
         self._wfd = -1  # the FIFO's write end, opened at the first wakeup that needs it
@@ -668,10 +674,23 @@ class Peer:
             self._w = memoryview(buf)[latch_offset:latch_offset + NAME_OFF].cast("Q")
 
     @property
+    def fd(self) -> int:
+        """Its pidfd (readable once it has exited), or -1 if it was gone when we looked."""
+        fd = self._fd
+        if fd == -2:
+            fd = open_pidfd(self.pid, self.start)
+            if fd is None:
+                fd, self._gone = -1, True
+            self._fd = fd
+        return fd
+
+    @property
     def gone(self) -> bool:
         """Has it exited?  One poll() until the answer is yes, then none."""
-        if not self._gone and wait_fds([self.fd], 0):
-            self._gone = True
+        if not self._gone:
+            fd = self.fd
+            if fd >= 0 and wait_fds([fd], 0):
+                self._gone = True
         return self._gone
 
     def mark_gone(self) -> None:
@@ -698,7 +717,7 @@ class Peer:
         fd = self._statfd
         if fd is None:
             fd = -1
-            if not self._gone:
+            if not self._gone and self.fd >= 0:  # (opens and checks the pidfd first: a recycled pid is not it)
                 try:
                     fd = os.open(f"/proc/{self.pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
                 except OSError:
@@ -768,6 +787,6 @@ class Peer:
         if self._statfd is not None and self._statfd >= 0:
             os.close(self._statfd)
         self._statfd = None
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = -1
