@@ -193,8 +193,9 @@ class Postmaster:
         """The postmaster's loop: sleep, then one pass over everything that may have changed.
 
         A pass may signal a registrant before it writes the lines of what it did (a start's
-        and a failed fork's are written after the signal and a yield), so the header's log_owed word says 1 from
-        the wake-up to the end of the pass: Cluster.events() waits for 0 (shmem.set_log_owed).
+        and a failed fork's are written after the signal and a yield), so the header's
+        log_owed word says 1 from the wake-up to the end of the pass: Cluster.events() waits
+        for 0 (shmem.set_log_owed).
         """
         seg = self.seg
         while True:
@@ -634,7 +635,9 @@ class Postmaster:
             t_fail = time.monotonic_ns()
             ev = self.events
 
-            def lines() -> bytes:  # the failed start's events, each with the time it happened
+            # The failed start's events, each with the time it happened.  Called only inside
+            # this except block: Python unbinds `e` when the block ends.
+            def lines() -> bytes:
                 return (self.seen_line(rw)
                         + ev.line("fork_attempted", rw.slot, rw.generation, t_ns=t_attempt,
                                   attempt=rw.fork_attempts)
