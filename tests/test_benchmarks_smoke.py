@@ -194,3 +194,60 @@ def test_ratio_interval_separates_a_real_difference_from_noise():
     assert t["verdict"] == "missed" and t["ci_low"] > 1.0
     t = {t["target"]: t for t in report.evaluate_targets(summary(same), same)}["x PostgreSQL: start median"]
     assert t["verdict"].endswith("CI spans limit") and t["ci_low"] < 1.0 < t["ci_high"]
+
+
+def _write_run(d: Path, commit: str, rows, dirty: bool = False) -> Path:
+    d.mkdir()
+    with gzip.open(d / "bench_full_samples.csv.gz", "wt", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["metric", "round", "value"])
+        w.writerows(rows)
+    (d / "bench_full.meta.json").write_text(json.dumps(
+        {"commit": commit, "worktree_dirty": dirty, "cpu_model": "test", "cpu_count": 2,
+         "python": "3.11", "date_utc": "2026-01-01", "loadavg_1min_during": {"median": 1.0}}))
+    return d
+
+
+def test_pool_runs_pools_samples_of_one_commit_and_refuses_mixed_commits(tmp_path, capsys):
+    """benchmarks/pool_runs.py: the pooled ratio is the ratio of the pooled statistics, not
+    a mean of per-run ratios; its interval resamples (run, round) units; runs of two
+    commits, or of a dirty tree, are refused."""
+    import random as _random
+
+    spec = importlib.util.spec_from_file_location("_bgwlab_pool_runs", BENCH / "pool_runs.py")
+    pool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pool)
+    rng = _random.Random(11)
+
+    def rows(factor):  # bgwlab's start = factor x PostgreSQL's distribution
+        out = []
+        for rnd in range(30):
+            for _ in range(10):
+                out += [("bgwlab.start", rnd, factor * rng.lognormvariate(0, 0.3)),
+                        ("postgresql.start", rnd, rng.lognormvariate(0, 0.3)),
+                        ("bgwlab.death", rnd, 0.5)]  # no PostgreSQL death: no row
+        return out
+
+    # one run at 1.2x, one at 2.0x: pooled bgwlab samples' median / pooled PG median
+    a = _write_run(tmp_path / "a", "c0ffee", rows(1.2))
+    b = _write_run(tmp_path / "b", "c0ffee", rows(2.0))
+    out_csv = tmp_path / "pooled.csv"
+    assert pool.main([str(a), str(b), "--resamples", "200", "--out", str(out_csv)]) == 0
+    table = {r["target"]: r for r in csv.DictReader(out_csv.open())}
+    assert set(table) == {"x PostgreSQL: start median", "x PostgreSQL: start p99"}
+    med = table["x PostgreSQL: start median"]
+    per_run = [float(x) for x in med["per_run"].split()]
+    assert 1.05 < per_run[0] < 1.35 and 1.8 < per_run[1] < 2.2
+    assert per_run[0] < float(med["pooled"]) < per_run[1]
+    assert float(med["ci_low"]) < float(med["pooled"]) < float(med["ci_high"])
+    assert int(med["n_per_system"]) == 600 and med["runs_met"] == "0" and med["verdict"] == "missed"
+    assert "2 runs of commit c0ffee" in capsys.readouterr().out
+
+    c = _write_run(tmp_path / "c", "beef00", rows(1.0))
+    with pytest.raises(SystemExit):
+        pool.main([str(a), str(c)])
+    assert "different commits" in capsys.readouterr().err
+    d = _write_run(tmp_path / "d", "c0ffee", rows(1.0), dirty=True)
+    with pytest.raises(SystemExit):
+        pool.main([str(a), str(d)])
+    assert "dirty tree" in capsys.readouterr().err

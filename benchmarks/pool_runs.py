@@ -1,0 +1,122 @@
+"""Issue 12's ratios to PostgreSQL over several runs of ``run.py``, each run alone and pooled.
+
+    .venv/bin/python benchmarks/pool_runs.py RUN_DIR [RUN_DIR ...] [--out FILE.csv]
+
+Every ``RUN_DIR`` holds one run's ``bench_full_samples.csv.gz`` and ``bench_full.meta.json``
+(``run.py --out RUN_DIR``).  One run times 1,200 starts per system: its p99 rests on the
+12 largest, and its 95 % interval is wide (0.65-1.11x in one reference run, 1.09-1.37x in
+the next).  Pooled, K runs give K x 1,200 samples per system, every one timed in an
+interleaved round beside the other system's.
+
+The bootstrap is ``report.ratio_ci``'s, with the unit of resampling a (run, round): a
+drawn round keeps both systems' samples from it, so a round (or a run) that the machine
+slowed down stays one unit, for both.  The pooled figure is the ratio of the pooled
+statistics -- not a mean of per-run ratios -- and the runs must come from one commit
+(checked: the meta files name it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import REFERENCE, percentile, ratio_ci  # noqa: E402
+
+ROWS = (("start median", "start", "median", 1.0),
+        ("start p99", "start", "p99", 1.0),
+        ("running median", "running", "median", 1.2),
+        ("death median", "death", "median", 1.0),
+        ("genuine fork failure median", "fail_genuine", "median", 1.0),
+        ("early crash median", "crash", "median", 1.5))
+
+
+def load_run(run_dir: Path, tag: int) -> tuple[list, dict]:
+    """(metric, (tag, round), value) rows of the issue-12 metrics, and the run's meta."""
+    wanted = {f"{s}.{k}" for _, k, _, _ in ROWS for s in ("bgwlab", REFERENCE)}
+    rows = []
+    with gzip.open(run_dir / "bench_full_samples.csv.gz", "rt") as f:
+        for r in csv.DictReader(f):
+            if r["metric"] in wanted:
+                rows.append((r["metric"], (tag, int(r["round"])), float(r["value"])))
+    meta = json.loads((run_dir / "bench_full.meta.json").read_text())
+    return rows, meta
+
+
+def ratio(rows, kind: str, stat: str) -> float:
+    q = 0.5 if stat == "median" else 0.99
+    ours = [v for m, _, v in rows if m == f"bgwlab.{kind}"]
+    theirs = [v for m, _, v in rows if m == f"{REFERENCE}.{kind}"]
+    if not ours or not theirs:
+        return float("nan")
+    return percentile(ours, q) / percentile(theirs, q)
+
+
+def verdict(value: float, lo: float, hi: float, limit: float) -> str:
+    met = value <= limit
+    spans = lo <= limit <= hi
+    return ("met" if met else "missed") + (", CI spans limit" if spans else "")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path, help="run.py --out directories")
+    ap.add_argument("--out", type=Path, help="write the table as CSV here")
+    ap.add_argument("--resamples", type=int, default=2000)
+    args = ap.parse_args(argv)
+
+    per_run, pooled, metas = [], [], []
+    for i, d in enumerate(args.runs):
+        rows, meta = load_run(d, i)
+        if not rows:
+            ap.error(f"{d}: no {REFERENCE} rows (a run without PostgreSQL cannot be pooled)")
+        per_run.append(rows)
+        pooled += rows
+        metas.append(meta)
+    commits = {m.get("commit") for m in metas}
+    dirty = [str(d) for d, m in zip(args.runs, metas) if m.get("worktree_dirty")]
+    if dirty:
+        ap.error(f"runs from a dirty tree name no commit that produced them: {', '.join(dirty)}")
+    if len(commits) != 1:
+        ap.error(f"the runs come from different commits: {sorted(map(str, commits))}")
+    loads = [m.get("loadavg_1min_during", {}).get("median") for m in metas]
+    print(f"{len(args.runs)} runs of commit {commits.pop()[:12]}, "
+          f"{metas[0].get('cpu_model', '?')} x{metas[0].get('cpu_count', '?')}, "
+          f"Python {metas[0].get('python', '?')}; dates "
+          f"{min(m.get('date_utc', '') for m in metas)} .. {max(m.get('date_utc', '') for m in metas)}")
+    if all(x is not None for x in loads):
+        print(f"load average during the runs (median of each): {', '.join(f'{x:.2f}' for x in loads)}")
+    head = f"{'x PostgreSQL':30s} {'limit':>5s}  " + "  ".join(f"run {i + 1:<3d}" for i in range(len(per_run)))
+    print(head + "   pooled  (95 % CI)         n/system  verdict")
+    out = []
+    for label, kind, stat, limit in ROWS:
+        each = [ratio(r, kind, stat) for r in per_run]
+        value = ratio(pooled, kind, stat)
+        if value != value:  # nan: no such rows
+            continue
+        lo, hi = ratio_ci(pooled, f"bgwlab.{kind}", f"{REFERENCE}.{kind}", stat,
+                          resamples=args.resamples)
+        n = sum(1 for m, _, _ in pooled if m == f"bgwlab.{kind}")
+        met_runs = sum(1 for x in each if x <= limit)
+        v = verdict(value, lo, hi, limit)
+        print(f"{label:30s} {limit:5.1f}  " + "  ".join(f"{x:7.3f}" for x in each)
+              + f"   {value:6.3f}  ({lo:.3f}-{hi:.3f})  {n:8d}  {v}; {met_runs}/{len(each)} runs met")
+        out.append(dict(target=f"x PostgreSQL: {label}", limit=limit, runs=len(each),
+                        per_run=" ".join(f"{x:.4f}" for x in each),
+                        median_of_runs=statistics.median(each), pooled=value, ci_low=lo,
+                        ci_high=hi, n_per_system=n, runs_met=met_runs, verdict=v))
+    if args.out:
+        with open(args.out, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(out[0]))
+            w.writeheader()
+            w.writerows(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
