@@ -15,6 +15,14 @@ times exactly that on two clusters, in one run, interleaved (every round runs ea
   ``__init__`` did, loads the leader's side too -- so its image is the old one.
   ``--a s6``: the same five modules as they were before session 6's work on the attach
   row (``ab_patches/parallel_s6_*.py``, frozen at c530d2a); ``--a new``: the tree.
+  ``--a s6c`` / ``--a s7``: the worker's side alone -- both postmasters preload the tree
+  and the frozen worker modules (``pl_*_s6c.py``, before session 7; ``pl_*_s7.py``:
+  worker, latch, mq, layout, toc and dsm, frozen at 913c416, before session 8), the same
+  image; A's workers run ``pl_worker_<a>:main``, B's the tree's; both leaders are the tree.
+  (Since session 8 both postmasters also rehearse the tree's worker path at import
+  (``worker._rehearse``), which warms some of what A's frozen copy uses too: an A/B of
+  ``s7`` understates the rehearsal's gain.  ``--prepatch-a ab_patches/pl_norehearsal_s7.py``
+  with ``--a new`` times the rehearsal alone: A's postmaster does not rehearse.)
 * **B** ("new"): ``bgwlab.parallel`` as it is, its postmaster preloading what
   ``bench_parallel.py`` preloads (``bgwlab.parallel.examples``, ``bgwlab.parallel.worker``).
 
@@ -62,7 +70,8 @@ sys.path.insert(1, str(HERE))  # (bench_parallel, for --like-bench)
 PRELOAD = {"A": ("bgwlab.parallel.examples", "parallel_old_worker", "launch_floor"),
            "s6": ("bgwlab.parallel.examples", "parallel_s6_worker", "launch_floor"),
            "B": ("bgwlab.parallel.examples", "bgwlab.parallel.worker", "launch_floor"),
-           "s6c": ("bgwlab.parallel.examples", "bgwlab.parallel.worker", "launch_floor", "pl_worker_s6c")}
+           "s6c": ("bgwlab.parallel.examples", "bgwlab.parallel.worker", "launch_floor", "pl_worker_s6c"),
+           "s7": ("bgwlab.parallel.examples", "bgwlab.parallel.worker", "launch_floor", "pl_worker_s7")}
 ENTRIES = {"attach": "bgwlab.parallel.examples:do_nothing",
            "first_message": "bgwlab.parallel.examples:first_message"}
 FLOOR_FIFO = f"/tmp/ab_launch_floor.{os.getpid()}"
@@ -206,12 +215,16 @@ def main(argv=None) -> int:
                          "tqdm.auto, numpy): the leader, and the pools' forks, get its image")
     ap.add_argument("--faults", action="store_true",
                     help="report each parallel worker's minor faults and CPU, fork to end of main")
-    ap.add_argument("--a", choices=("old", "s6", "new", "s6c"), default="old",
+    ap.add_argument("--a", choices=("old", "s6", "new", "s6c", "s7"), default="old",
                     help="old: parallel_old_*; s6: parallel_s6_* (the tree before session 6's "
                          "launch work); new: A runs the tree too (to A/B a --patch-* alone); s6c: A's "
-                         "workers run pl_worker_s6c (the worker's side before session 7)")
+                         "workers run pl_worker_s6c (the worker's side before session 7); s7: A's workers "
+                         "run pl_worker_s7 (pl_{worker,latch,mq,layout,toc,dsm}_s7: the worker's "
+                         "side before session 8)")
     ap.add_argument("--patch-a", default="", help="a module A's postmaster also preloads (a patch)")
     ap.add_argument("--patch-b", default="", help="a module B's postmaster also preloads (a patch)")
+    ap.add_argument("--prepatch-a", default="",
+                    help="a module A's postmaster preloads first, before bgwlab.parallel")
     ap.add_argument("--prepatch-b", default="",
                     help="a module B's postmaster preloads first, before bgwlab.parallel (a patch "
                          "that replaces modules of the image)")
@@ -235,15 +248,16 @@ def main(argv=None) -> int:
 
         FAULTS_DIR = tempfile.mkdtemp(prefix="ab_launch_faults.")
         os.environ["BGWLAB_AB_FAULTS_DIR"] = FAULTS_DIR  # (the postmasters inherit it)
-    entries = {"A": "pl_worker_s6c:main" if args.a == "s6c" else "",
-               "B": "bgwlab.parallel.worker:main" if args.a == "s6c" else ""}
-    tail = ("pl_faults",) if args.faults else ()
+    frozen = args.a in ("s6c", "s7")  # A's workers run a frozen worker side, the leaders the tree
+    entries = {"A": f"pl_worker_{args.a}:main" if frozen else "",
+               "B": "bgwlab.parallel.worker:main" if frozen else ""}
+    tail = (("pl_faults", "pl_faults_s7") if args.a == "s7" else ("pl_faults",)) if args.faults else ()
 
     kinds = args.kinds.split(",")
     classes = {"A": Old, "B": New}
-    preload = {"A": {"old": PRELOAD["A"], "s6": PRELOAD["s6"], "new": PRELOAD["B"],
-                     "s6c": PRELOAD["s6c"]}[args.a] + _extra(args.patch_a) + tail,
-               "B": _extra(args.prepatch_b) + PRELOAD["s6c" if args.a == "s6c" else "B"]
+    preload = {"A": _extra(args.prepatch_a) + {"old": PRELOAD["A"], "s6": PRELOAD["s6"], "new": PRELOAD["B"],
+                     "s6c": PRELOAD["s6c"], "s7": PRELOAD["s7"]}[args.a] + _extra(args.patch_a) + tail,
+               "B": _extra(args.prepatch_b) + PRELOAD[args.a if frozen else "B"]
                     + _extra(args.patch_b) + tail}
     for v in "AB":  # warm the postmasters' bytecode cache (see the docstring)
         Cluster.start(max_workers=8, preload=preload[v]).stop()
@@ -285,9 +299,10 @@ def main(argv=None) -> int:
             shutil.rmtree(FAULTS_DIR, ignore_errors=True)
     load1 = os.getloadavg()
     print(f"ab_launch: n={args.n} per case, load {load0[0]:.2f} -> {load1[0]:.2f} "
-          f"(1-min avg), A = {dict(old='parallel_old_*', s6='parallel_s6_*', new='tree', s6c='tree')[args.a]}"
+          f"(1-min avg), A = {dict(old='parallel_old_*', s6='parallel_s6_*', new='tree', s6c='tree', s7='tree')[args.a]}"
           f"{' + ' + args.patch_a if args.patch_a else ''}"
-          f"{' (workers: pl_worker_s6c)' if args.a == 's6c' else ''}, B = tree"
+          f"{' + ' + args.prepatch_a + ' (first)' if args.prepatch_a else ''}"
+          f"{f' (workers: pl_worker_{args.a})' if frozen else ''}, B = tree"
           f"{' + ' + args.patch_b if args.patch_b else ''}"
           f"{' + ' + args.prepatch_b + ' (first)' if args.prepatch_b else ''}")
     pool_med = {}

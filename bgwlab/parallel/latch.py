@@ -310,24 +310,34 @@ def create_latches(segment, offset: int, n: int) -> list[int]:
     offs = []
     for k in range(n):
         off = offset + k * LATCH_SIZE
-        name = segment.create_fifo(f"latch{k}").encode("ascii")
-        if len(name) > NAME_MAX:
-            raise ValueError(f"FIFO name too long for a latch record: {name!r}")
-        words = memoryview(segment.buf)[off:off + NAME_OFF].cast("Q")
-        try:
-            for i in range(NAME_OFF // 8):
-                words[i] = 0
-            words[W_NAME_LEN] = len(name)
-        finally:
-            words.release()
-        segment.buf[off + NAME_OFF:off + NAME_OFF + len(name)] = name
+        init_record(segment.buf, off, segment.create_fifo(f"latch{k}"))
         offs.append(off)
     return offs
 
 
-def _record_name(buf, offset: int) -> str:
+def init_record(buf, off: int, name: str) -> None:
+    """Lay out one latch record at `off`: unset, unowned, its FIFO named `name`.  The
+    creator of the mapping only, before any other process maps it (create_latches)."""
+    name = name.encode("ascii")
+    if len(name) > NAME_MAX:
+        raise ValueError(f"FIFO name too long for a latch record: {name!r}")
+    words = memoryview(buf)[off:off + NAME_OFF].cast("Q")
+    try:
+        for i in range(NAME_OFF // 8):
+            words[i] = 0
+        words[W_NAME_LEN] = len(name)
+    finally:
+        words.release()
+    buf[off + NAME_OFF:off + NAME_OFF + len(name)] = name
+
+
+def _check_record(buf, offset: int) -> None:
     if offset <= 0 or offset % 64 or offset + LATCH_SIZE > len(buf):
         raise ValueError(f"no latch record can be at offset {offset}")
+
+
+def _record_name(buf, offset: int) -> str:
+    _check_record(buf, offset)
     words = memoryview(buf)[offset:offset + NAME_OFF].cast("Q")
     n = words[W_NAME_LEN]  # native byte order, as create_latches stored it
     words.release()
@@ -359,25 +369,26 @@ class SharedLatch:
 
     Owner only (the process that made the object), from one thread at a time.  The
     record must lie in the same mapping as the queues that use it.
+
+    ``lazy_fifo`` (a WorkerLatch's): the FIFO's read end is opened at the first wait that
+    may sleep, not here.  A setter writes the FIFO only when the owner's record says it
+    may be asleep (maybe_sleeping = 1), which only a wait stores, after it opened the
+    FIFO -- so no byte is owed before.  Only where the fences hold (``FENCED``): elsewhere
+    a set always writes, and a FIFO not yet open would lose that byte (ENXIO).
     """
 
     death_fds: tuple = ()
     drain_fds: tuple = ()
+    lazy_fifo = False
 
     def __init__(self, buf, offset: int):
-        self.name = _record_name(buf, offset)
-        # O_RDWR, not O_RDONLY: we stay a writer of our own FIFO, so its read end never
-        # reports POLLHUP after a setter closes its end (poll() would return at once,
-        # forever), and set() from another thread of ours needs no second fd.
-        fd = os.open(SHM_DIR + "/" + self.name,
-                     os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
-        try:
-            _check_private_fifo(fd, self.name)
-        except BaseException:
-            os.close(fd)
-            raise
-        self.fd = fd  # the FIFO (read end): in every poll() of ours
+        _check_record(buf, offset)
         self.buf, self.offset = buf, offset
+        self._name = None
+        self.fd = -1  # the FIFO (read end): in every poll() of ours, once open
+        self._closed = False
+        if not (self.lazy_fifo and FENCED):
+            self._open_fifo()
         self._w = memoryview(buf)[offset:offset + NAME_OFF].cast("Q")
         self._spin = spin_ns()  # this latch's current spin (ns); 0: off until the next probe
         self._wake_wait = _wake_wait_ns()  # how long a spin may wait for a woken counterpart (ns)
@@ -388,7 +399,27 @@ class SharedLatch:
         self._pm_news = True
         me = os.getpid()
         self._w[W_OWNER_START] = my_start_ticks()
-        self._w[W_OWNER_PID] = me  # OwnLatch: last, once the FIFO's read end is open
+        self._w[W_OWNER_PID] = me  # OwnLatch: last (the FIFO's read end is open, or lazy_fifo)
+
+    @property
+    def name(self) -> str:
+        """The FIFO's name, from the record (``<segment name>.latch<k>``)."""
+        if self._name is None:
+            self._name = _record_name(self.buf, self.offset)
+        return self._name
+
+    def _open_fifo(self) -> None:
+        # O_RDWR, not O_RDONLY: we stay a writer of our own FIFO, so its read end never
+        # reports POLLHUP after a setter closes its end (poll() would return at once,
+        # forever), and set() from another thread of ours needs no second fd.
+        name = self.name
+        fd = os.open(SHM_DIR + "/" + name, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            _check_private_fifo(fd, name)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
 
     # -- the owner's side ----------------------------------------------------------------
     def reset(self) -> None:
@@ -411,6 +442,8 @@ class SharedLatch:
             return []
         if timeout != 0 and self._spinning() and self._spin_now(timeout):
             return []
+        if self.fd < 0:
+            self._open_fifo()  # lazy_fifo: before we may say that we may sleep
         w[W_MAYBE_SLEEPING] = 1
         fence()  # (D): our maybe_sleeping before our load of is_set
         if w[W_IS_SET]:
@@ -539,7 +572,7 @@ class SharedLatch:
         w[W_IS_SET] = 1
         fence()
         if FENCED and not w[W_MAYBE_SLEEPING]:
-            return
+            return  # (and with lazy_fifo, the FIFO is open whenever it is 1)
         try:
             os.write(self.fd, b"\0")
         except OSError:
@@ -558,14 +591,16 @@ class SharedLatch:
     def close(self) -> None:
         """DisownLatch and close the FIFO's read end (setters then get EPIPE / ENXIO and
         give up).  The FIFO's name stays: the segment's creator removes it."""
-        if self.fd < 0:
+        if self._closed:
             return
+        self._closed = True
         try:
             self._w[W_OWNER_PID] = 0
         except ValueError:
             pass  # the mapping is already gone
         self._w.release()
-        os.close(self.fd)
+        if self.fd >= 0:
+            os.close(self.fd)
         self.fd = -1
 
 
@@ -627,7 +662,11 @@ class LeaderLatch(SharedLatch):
 class WorkerLatch(SharedLatch):
     """A worker's latch.  Worker only.  Its death fd is the postmaster-alive pipe; the
     engine's wakeup pipe (SIGTERM) is drained, so that a SIGTERM ends the wait and its
-    handler raises ``Terminated``."""
+    handler raises ``Terminated``.  Its FIFO is opened at its first wait (``lazy_fifo``):
+    a worker makes its latch on the way to its attach announcement, and one that never
+    waits -- its messages fit the ring -- never opens it."""
+
+    lazy_fifo = True
 
     def __init__(self, buf, offset: int):
         super().__init__(buf, offset)

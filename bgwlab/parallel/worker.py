@@ -9,6 +9,7 @@ carries ``ErrorResponse`` and ``Terminate`` messages.
 
 from __future__ import annotations
 
+import mmap
 import os
 import stat
 import sys
@@ -17,9 +18,11 @@ from .. import worker as _bgw  # the engine's worker module (always loaded in a 
 from ..procinfo import wait_fds
 from . import dsm
 from .errors import LeaderDetached
-from .latch import Peer, WorkerLatch
-from .layout import ATTACH_NAME_OFF, ATTACH_SIZE, PARALLEL_MAGIC, decode_extra, read_fixed
-from .mq import SUCCESS, W_SENDER, MessageQueue
+from .latch import FENCED, Peer, WorkerLatch, init_record, latch_space, my_start_ticks
+from .layout import (ATTACH_NAME_OFF, ATTACH_SIZE, ERROR_QUEUE_SIZE, FIXED, KEY_ATTACH, KEY_DATA_QUEUE,
+                     KEY_ENTRYPOINT, KEY_ERROR_QUEUE, KEY_FIXED, KEY_LATCHES, KEY_PAYLOAD, N_KEYS,
+                     PARALLEL_MAGIC, Layout, decode_extra, encode_extra, read_fixed)
+from .mq import SUCCESS, W_SENDER, MessageQueue, mq_create
 from .toc import Toc
 
 MAX_ERROR_TEXT = 12 * 1024  # bytes: under the error queue's 16 KiB ring
@@ -75,13 +78,20 @@ def main(main_arg: int) -> None:
     later, in ParallelQueryMain -- comes after the announcement.  Every step in that
     stretch is paid in page faults as much as in bytecode: the worker shares the
     postmaster's heap copy-on-write, so the first touch of each object (a function, its
-    code, a constant: a reference count written) copies its page.
+    code, a constant: a reference count written) copies its page.  (Fewer of them when
+    the postmaster preloads this module: see _rehearse.)
     """
     number, name = decode_extra(_bgw.current().extra)
     try:
         seg = dsm.Segment.attach(name, token=main_arg)  # (a wrong token: ValueError, unmapped)
     except FileNotFoundError:
         raise SystemExit(1) from None  # the leader is done, or gone: nothing to do
+    _in_segment(seg, number, name)
+
+
+def _in_segment(seg, number: int, name: str) -> None:
+    """main, once the segment `name` is mapped (`seg`): attach, announce, run, report; then
+    detach and unmap on every path, and free the segment if the leader is gone."""
     queues, leader, latch, reported = [], None, None, False
     try:
         fixed = read_fixed(Toc.attach(seg.buf, PARALLEL_MAGIC), seg.buf)
@@ -235,3 +245,95 @@ def _report(report: bytes, data_mq, error_mq, leader) -> bool:
         return False
     data_mq.detach()
     return True
+
+
+# -- the rehearsal in the postmaster's image ---------------------------------------------------
+# CPython (3.11) quickens a function's bytecode at its 8th call and specializes it at the
+# next ones: a few more rehearsals than that leave the whole path specialized.
+# BGWLAB_PARALLEL_REHEARSALS=0: none (to see, or A/B, what they save).
+REHEARSALS = int(os.environ.get("BGWLAB_PARALLEL_REHEARSALS", "10"))
+rehearsed = 0  # rehearsals run in this process (in a worker: in its postmaster, before the fork)
+
+
+def _rehearse(times: int = REHEARSALS) -> None:
+    """Run a worker's path, from its attach to its unmap, `times` times, on a private
+    anonymous mapping laid out as a leader lays out a segment.  Run at import by a
+    postmaster that preloads this module, before it forks any worker.
+
+    Every worker is a fork of that postmaster.  Besides reference counts, the first runs
+    of the path write what the interpreter learns about it -- its type attribute cache,
+    the key tables that the instances of our classes share, struct's cache of formats,
+    quickened and specialized bytecode -- and each page so written is one more
+    copy-on-write fault in every worker that writes it again.  Written once in the image,
+    it is read, not written, by the workers.  (The pages of reference counts stay: the
+    objects are the postmaster's.  PostgreSQL's forked backends have no such cost: C
+    code does not write to its code when it runs.)
+
+    No file, FIFO or segment name is made, and nothing is left open: two workers are
+    planned and we are worker 0, so worker 1 never attaches and our announcement writes
+    no FIFO; both latches open their FIFOs only to sleep (lazy_fifo), and nobody sleeps;
+    the leader is this process (its start time read from /proc, a pidfd of it opened and
+    closed, as a worker does for its leader); the user's function is builtins.id.  Not
+    where lazy_fifo does not hold (not FENCED).
+    """
+    global rehearsed
+    if not FENCED:
+        return
+    pid, start = os.getpid(), my_start_ticks()
+    entry = "builtins:id"
+    lay = Layout(2, len(entry), 0, 16384, ERROR_QUEUE_SIZE)  # (ParallelContext's default queue)
+    name = dsm.segment_name(pid, start, 0)
+    for _ in range(times):
+        mm = mmap.mmap(-1, lay.size)
+        try:
+            _lay_out_as_a_leader(mm, lay, entry, name)
+            number, seg_name = decode_extra(encode_extra(0, name))
+            _in_segment(dsm.Segment(seg_name, mm, owner=False), number, seg_name)  # (unmaps mm)
+        finally:
+            mm.close()
+        rehearsed += 1
+
+
+def _lay_out_as_a_leader(buf, lay: Layout, entry: str, name: str) -> None:
+    """What ParallelContext's constructor and launch() leave in a segment, without FIFOs
+    (for _rehearse): the table of contents, the fixed state with this process as leader,
+    the latch records, the queues with the leader as receiver, launched = nworkers."""
+    toc = Toc.create(buf, PARALLEL_MAGIC, N_KEYS)
+    off = toc.allocate(FIXED.size)
+    FIXED.pack_into(buf, off, os.getpid(), my_start_ticks(), lay.nworkers, lay.entry_len,
+                    lay.payload_len, lay.error_ring, lay.ring)
+    toc.insert(KEY_FIXED, off)
+    off = toc.allocate(lay.entry_len)
+    buf[off:off + lay.entry_len] = entry.encode()
+    toc.insert(KEY_ENTRYPOINT, off)
+    toc.insert(KEY_PAYLOAD, toc.allocate(max(lay.payload_len, 1)))
+    err_base = toc.allocate(lay.error_stride * lay.nworkers)
+    toc.insert(KEY_ERROR_QUEUE, err_base)
+    data_base = toc.allocate(lay.data_stride * lay.nworkers)
+    toc.insert(KEY_DATA_QUEUE, data_base)
+    latch_base = toc.allocate(latch_space(lay.nworkers + 1))
+    for k in range(lay.nworkers + 1):
+        init_record(buf, lay.latch(latch_base, k), f"{name}.latch{k}")
+    toc.insert(KEY_LATCHES, latch_base)
+    off = toc.allocate(ATTACH_SIZE)
+    words = memoryview(buf)[off:off + 8].cast("Q")
+    words[0] = lay.nworkers + 1  # launched + 1
+    words.release()
+    toc.insert(KEY_ATTACH, off)
+    latch = WorkerLatch(buf, lay.latch(latch_base, 0))  # (lazy_fifo: never opened here)
+    for i in range(lay.nworkers):
+        for base, stride in ((lay.error_queue(err_base, i), lay.error_stride),
+                             (lay.data_queue(data_base, i), lay.data_stride)):
+            mq_create(buf, base, stride)
+            mq = MessageQueue(buf, base, latch)
+            mq.set_receiver()
+            mq.close()  # (its words stay: the worker finds its receiver)
+    latch.close()
+
+
+if _bgw._current is None and "bgwlab.postmaster" in sys.modules:
+    # A postmaster preloading the worker's side (a worker or a leader has nothing to gain).
+    try:
+        _rehearse()
+    except Exception:  # a rehearsal that failed costs its gain only (tests run it)
+        pass
