@@ -28,6 +28,10 @@ sets ``PYTHONDONTWRITEBYTECODE``, so after an edit a postmaster would otherwise 
 from source at every start -- and the compiler's garbage stays in its heap, about 1 MB
 more that every ``fork()`` copies (and A would compile its patch module, B nothing).
 
+``--slice-ab`` (no patch): A's clusters start with ``scheduler_slice_us=None`` (the kernel's
+default slice for the postmaster), B's with ``Cluster.start``'s default (a 100 us slice,
+``bgwlab/sched.py``); the code is the same on both sides.
+
 If the patch module has ``registrant_writer(writer)``, A's registrant writer goes through
 it (a patch of the event writer changes the registrant's events too).
 """
@@ -58,14 +62,17 @@ def main(argv=None) -> int:
     ap.add_argument("--bytecode-ab", action="store_true",
                     help="no patch: A's postmasters compile bgwlab from source at start (stale or "
                          "missing __pycache__ under PYTHONDONTWRITEBYTECODE), B's load its bytecode")
+    ap.add_argument("--slice-ab", action="store_true",
+                    help="no patch: A's postmasters keep the kernel's default scheduler slice, "
+                         "B's ask for Cluster.start's short one")
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--kinds", default="start,running,death,crash,pm_cpu_ms,worker_cpu_ms")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--log-off", action="store_true",
                     help="also time starts on a log_events=False cluster per side: logging overhead")
     args = ap.parse_args(argv)
-    if bool(args.patch) == args.bytecode_ab:
-        ap.error("give --patch or --bytecode-ab")
+    if bool(args.patch) + args.bytecode_ab + args.slice_ab != 1:
+        ap.error("give one of --patch, --bytecode-ab, --slice-ab")
     import importlib
 
     from bgwlab import Cluster
@@ -94,16 +101,17 @@ def main(argv=None) -> int:
                 os.environ.pop("PYTHONPYCACHEPREFIX")
                 compile_bytecode(None)
             extra = (patch,) if v == "A" and patch else ()
-            clusters[v] = stack.enter_context(Cluster.start(max_workers=8, preload=PRELOAD + extra))
+            opts = {"scheduler_slice_us": None} if v == "A" and args.slice_ab else {}
+            clusters[v] = stack.enter_context(Cluster.start(max_workers=8, preload=PRELOAD + extra, **opts))
             log[v] = True
             if args.log_off:
                 clusters[v + "_off"] = stack.enter_context(
-                    Cluster.start(max_workers=8, preload=PRELOAD + extra, log_events=False))
+                    Cluster.start(max_workers=8, preload=PRELOAD + extra, log_events=False, **opts))
                 log[v + "_off"] = False
             if genuine:
                 from bgwlab.pg.cgroup import pids_limit
 
-                c = stack.enter_context(Cluster.start(max_workers=8, preload=PRELOAD + extra))
+                c = stack.enter_context(Cluster.start(max_workers=8, preload=PRELOAD + extra, **opts))
                 clusters[v + "_fail"] = c
                 log[v + "_fail"] = True
                 stack.enter_context(pids_limit(c.postmaster_pid))
@@ -153,8 +161,11 @@ def main(argv=None) -> int:
                 if "fork failed" in m and "request_seen" in m]
     kinds = kinds + ["fork_to_signal_us", "seen_to_signal_us", "fail_seen_to_signal_us"]
     what = (f"{patch} (the old code)" if patch else
+            "the code as it is, postmasters with the kernel's default scheduler slice" if args.slice_ab else
             "the code as it is, bgwlab compiled from source by each postmaster")
     print(f"A = {what}, B = the code as it is; n = {args.n} each, interleaved")
+    print(f"postmasters' scheduler slice (ns; 0 = the kernel's default): "
+          f"A {clusters['A'].scheduler_slice_ns}, B {clusters['B'].scheduler_slice_ns}")
     print(f"{'kind':<16} {'A median':>9} {'B median':>9} {'B/A':>6}   {'A p99':>8} {'B p99':>8} {'B/A':>6}")
     for kind in kinds:
         a, b = samples.get(f"A.{kind}"), samples.get(f"B.{kind}")

@@ -261,8 +261,13 @@ class Bench:
         from ab import compile_bytecode  # (else the first postmaster to start compiles bgwlab,
         compile_bytecode(self.before)     #  and keeps the compiler's garbage in its heap)
         for name, (mw, log) in specs.items():
-            pre = PRELOAD + ((self.before,) if name.startswith("before") else ())
-            self.clusters[name] = Cluster.start(max_workers=mw, log_events=log, preload=pre)
+            before = name.startswith("before")
+            pre = PRELOAD + ((self.before,) if before else ())
+            # the engine as it was had no scheduler slice of its own (bgwlab/sched.py)
+            self.clusters[name] = Cluster.start(max_workers=mw, log_events=log, preload=pre,
+                                                **({"scheduler_slice_us": None} if before else {}))
+        self.meta["postmaster_scheduler_slice_ns"] = {
+            name: c.scheduler_slice_ns for name, c in self.clusters.items()}  # 0: the kernel's default
         if self.genuine:
             from bgwlab.pg.cgroup import pids_limit
 

@@ -104,6 +104,20 @@ def _prepare_directory(directory) -> tuple[Path, bool]:
     return d, False
 
 
+def _ask_for_slice(pid: int, slice_ns: int) -> int:
+    """Give the postmaster `pid` a short scheduler slice, its children the default.  Starter
+    only.  Returns the slice the kernel reports (0: none set).  Best effort: a kernel or a
+    policy that does not allow it leaves the default, and the cluster works as before."""
+    from . import sched
+
+    try:
+        if not sched.supported() or os.sched_getscheduler(pid) != os.SCHED_OTHER:
+            return 0
+        return sched.set_slice(pid, slice_ns, reset_on_fork=True)
+    except OSError:
+        return 0
+
+
 class Cluster:
     """A running postmaster, its directory and shared memory.  Use ``Cluster.start()``."""
 
@@ -120,12 +134,13 @@ class Cluster:
         self._log_seg: shmem.Segment | None = None  # mapped on the first events()
         self._stopped = False
         self.keep_directory = False  # True: stop() leaves the directory (and its event log) behind
+        self.scheduler_slice_ns = 0  # the postmaster's slice as the kernel reports it (0: default)
 
     @classmethod
     def start(cls, max_workers: int = 8, directory=None, *, max_backends: int = 64,
               restart_after_crash: bool = True, log_events: bool = True,
               preload=("bgwlab.examples",), pdeathsig: bool = False,
-              startup_timeout: float = 30.0) -> Cluster:
+              startup_timeout: float = 30.0, scheduler_slice_us: int | None = 100) -> Cluster:
         """Start a postmaster with `max_workers` slots in `directory` (a new temp dir if None).
 
         Entry points resolve against this process's sys.path and working directory.
@@ -133,7 +148,20 @@ class Cluster:
         safety net that kills workers the moment the postmaster dies.  Off by default, as
         PostgreSQL has none: a worker learns of the death at its next wait and exits, and
         one that never waits lives on (``stop()`` ends such orphans).
+
+        `scheduler_slice_us`: the postmaster asks the kernel for this scheduler slice
+        (Linux >= 6.12, EEVDF; ``bgwlab/sched.py`` says why), so that a request's signal
+        runs it at once instead of after a busy task's slice; its workers start with the
+        default slice.  bgwlab-only (PostgreSQL's postmaster does not), ignored by older
+        kernels, never applied to a starter whose scheduling policy is not SCHED_OTHER.
+        None: the default slice.  ``cluster.scheduler_slice_ns`` reports what the kernel
+        set (0: the default).
         """
+        if scheduler_slice_us is not None and (
+                not isinstance(scheduler_slice_us, int) or isinstance(scheduler_slice_us, bool)
+                or not 100 <= scheduler_slice_us <= 100_000):
+            raise ValueError(f"scheduler_slice_us must be None or an int in 100..100000, "
+                             f"got {scheduler_slice_us!r}")
         if not isinstance(max_workers, int) or not 1 <= max_workers <= 65_536:
             raise ValueError("max_workers must be an int in 1..65536")
         if not isinstance(max_backends, int) or not 1 <= max_backends <= 4096:
@@ -180,6 +208,8 @@ class Cluster:
             raise BgwError(f"the postmaster did not start; its log ends with:\n{tail}")
         cluster = cls(d, proc, owns, max_workers, max_backends)
         _live_clusters.add(cluster)
+        if scheduler_slice_us is not None:
+            cluster.scheduler_slice_ns = _ask_for_slice(proc.pid, scheduler_slice_us * 1000)
         return cluster
 
     # -- joining ------------------------------------------------------------------------------
