@@ -115,6 +115,12 @@ def main(argv=None) -> int:
             w = csv.DictWriter(f, fieldnames=list(out[0]))
             w.writeheader()
             w.writerows(out)
+        # which machine, Python and commit produced the pooled figures, run by run
+        keep = ("commit", "date_utc", "hostname", "cpu_model", "cpu_count", "python", "seed",
+                "duration_s", "loadavg_1min_during", "postgresql", "postmaster_scheduler_slice_ns")
+        Path(str(args.out) + ".meta.json").write_text(json.dumps(
+            {"runs": [dict(dir=str(d), **{k: m.get(k) for k in keep}) for d, m in zip(args.runs, metas)],
+             "resamples": args.resamples, "unit": "(run, round)"}, indent=1, default=str) + "\n")
     return 0
 
 

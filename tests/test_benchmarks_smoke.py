@@ -242,6 +242,8 @@ def test_pool_runs_pools_samples_of_one_commit_and_refuses_mixed_commits(tmp_pat
     assert float(med["ci_low"]) < float(med["pooled"]) < float(med["ci_high"])
     assert int(med["n_per_system"]) == 600 and med["runs_met"] == "0" and med["verdict"] == "missed"
     assert "2 runs of commit c0ffee" in capsys.readouterr().out
+    meta = json.loads(Path(str(out_csv) + ".meta.json").read_text())
+    assert [r["commit"] for r in meta["runs"]] == ["c0ffee", "c0ffee"] and meta["unit"] == "(run, round)"
 
     c = _write_run(tmp_path / "c", "beef00", rows(1.0))
     with pytest.raises(SystemExit):
