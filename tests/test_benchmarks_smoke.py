@@ -209,8 +209,8 @@ def _write_run(d: Path, commit: str, rows, dirty: bool = False) -> Path:
 
 
 def test_pool_runs_pools_samples_of_one_commit_and_refuses_mixed_commits(tmp_path, capsys):
-    """benchmarks/pool_runs.py: the pooled ratio is the ratio of the pooled statistics, not
-    a mean of per-run ratios; its interval resamples (run, round) units; runs of two
+    """benchmarks/pool_runs.py: the combined ratio is the geometric mean of the runs' own
+    ratios (each within its run), inside its stratified bootstrap interval; runs of two
     commits, or of a dirty tree, are refused."""
     import random as _random
 
@@ -228,7 +228,7 @@ def test_pool_runs_pools_samples_of_one_commit_and_refuses_mixed_commits(tmp_pat
                         ("bgwlab.death", rnd, 0.5)]  # no PostgreSQL death: no row
         return out
 
-    # one run at 1.2x, one at 2.0x: pooled bgwlab samples' median / pooled PG median
+    # one run at 1.2x, one at 2.0x: the combined ratio is their geometric mean
     a = _write_run(tmp_path / "a", "c0ffee", rows(1.2))
     b = _write_run(tmp_path / "b", "c0ffee", rows(2.0))
     out_csv = tmp_path / "pooled.csv"
@@ -238,12 +238,12 @@ def test_pool_runs_pools_samples_of_one_commit_and_refuses_mixed_commits(tmp_pat
     med = table["x PostgreSQL: start median"]
     per_run = [float(x) for x in med["per_run"].split()]
     assert 1.05 < per_run[0] < 1.35 and 1.8 < per_run[1] < 2.2
-    assert per_run[0] < float(med["pooled"]) < per_run[1]
-    assert float(med["ci_low"]) < float(med["pooled"]) < float(med["ci_high"])
+    assert float(med["combined"]) == pytest.approx(math.sqrt(per_run[0] * per_run[1]), rel=1e-3)
+    assert float(med["ci_low"]) < float(med["combined"]) < float(med["ci_high"])
     assert int(med["n_per_system"]) == 600 and med["runs_met"] == "0" and med["verdict"] == "missed"
     assert "2 runs of commit c0ffee" in capsys.readouterr().out
     meta = json.loads(Path(str(out_csv) + ".meta.json").read_text())
-    assert [r["commit"] for r in meta["runs"]] == ["c0ffee", "c0ffee"] and meta["unit"] == "(run, round)"
+    assert [r["commit"] for r in meta["runs"]] == ["c0ffee", "c0ffee"] and meta["unit"].startswith("rounds")
 
     c = _write_run(tmp_path / "c", "beef00", rows(1.0))
     with pytest.raises(SystemExit):
