@@ -31,24 +31,17 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import REFERENCE, percentile  # noqa: E402
-
-ROWS = (("start median", "start", "median", 1.0),
-        ("start p99", "start", "p99", 1.0),
-        ("running median", "running", "median", 1.2),
-        ("death median", "death", "median", 1.0),
-        ("genuine fork failure median", "fail_genuine", "median", 1.0),
-        ("early crash median", "crash", "median", 1.5))
+from report import PG_TARGETS, REFERENCE, percentile, verdict  # noqa: E402
 
 
-def load_run(run_dir: Path, tag: int) -> tuple[list, dict]:
-    """(metric, (tag, round), value) rows of the issue-12 metrics, and the run's meta."""
-    wanted = {f"{s}.{k}" for _, k, _, _ in ROWS for s in ("bgwlab", REFERENCE)}
+def load_run(run_dir: Path) -> tuple[list, dict]:
+    """(metric, round, value) rows of the issue-12 metrics, and the run's meta."""
+    wanted = {f"{s}.{k}" for _, k, _, _ in PG_TARGETS for s in ("bgwlab", REFERENCE)}
     rows = []
     with gzip.open(run_dir / "bench_full_samples.csv.gz", "rt") as f:
         for r in csv.DictReader(f):
             if r["metric"] in wanted:
-                rows.append((r["metric"], (tag, int(r["round"])), float(r["value"])))
+                rows.append((r["metric"], int(r["round"]), float(r["value"])))
     meta = json.loads((run_dir / "bench_full.meta.json").read_text())
     return rows, meta
 
@@ -92,12 +85,6 @@ def combined_ci(runs_rounds, stat: str, resamples: int, seed: int = 0,
     return percentile(out, tail), percentile(out, 1 - tail)
 
 
-def verdict(value: float, lo: float, hi: float, limit: float) -> str:
-    met = value <= limit
-    spans = lo <= limit <= hi
-    return ("met" if met else "missed") + (", CI spans limit" if spans else "")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path, help="run.py --out directories")
@@ -106,8 +93,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     per_run, metas = [], []
-    for i, d in enumerate(args.runs):
-        rows, meta = load_run(d, i)
+    for d in args.runs:
+        rows, meta = load_run(d)
         if not rows:
             ap.error(f"{d}: no {REFERENCE} rows (a run without PostgreSQL cannot be combined)")
         per_run.append(rows)
@@ -128,7 +115,7 @@ def main(argv=None) -> int:
     head = f"{'x PostgreSQL':30s} {'limit':>5s}  " + "  ".join(f"run {i + 1:<3d}" for i in range(len(per_run)))
     print(head + "   geomean (95 % CI)         n/system  verdict")
     out = []
-    for label, kind, stat, limit in ROWS:
+    for label, kind, stat, limit in PG_TARGETS:
         runs_rounds = [by_round(r, kind) for r in per_run]
         if not all(runs_rounds):
             continue  # a run without this row (no PostgreSQL, no genuine fork failure)
@@ -137,7 +124,7 @@ def main(argv=None) -> int:
         lo, hi = combined_ci(runs_rounds, stat, args.resamples)
         n = sum(len(r[0]) for rr in runs_rounds for r in rr)
         met_runs = sum(1 for x in each if x <= limit)
-        v = verdict(value, lo, hi, limit)
+        v = verdict(value, limit, (lo, hi))
         print(f"{label:30s} {limit:5.1f}  " + "  ".join(f"{x:7.3f}" for x in each)
               + f"   {value:6.3f}  ({lo:.3f}-{hi:.3f})  {n:8d}  {v}; {met_runs}/{len(each)} runs met")
         out.append(dict(target=f"x PostgreSQL: {label}", limit=limit, runs=len(each),

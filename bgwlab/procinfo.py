@@ -153,13 +153,19 @@ def open_pidfd(pid: int, expected_start: int | None = None) -> int | None:
 _libc = None
 
 
-def _prctl(option: int, arg: int) -> int:
+def libc():
+    """The C library through ctypes, loaded at the first call (ctypes is ~10 mappings that
+    a postmaster without pdeathsig never loads)."""
     global _libc
     if _libc is None:
         import ctypes
 
         _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc.prctl(option, arg, 0, 0, 0)
+    return _libc
+
+
+def _prctl(option: int, arg: int) -> int:
+    return libc().prctl(option, arg, 0, 0, 0)
 
 
 def set_parent_death_signal(signum: int) -> None:

@@ -40,6 +40,8 @@ import os
 import platform
 import struct
 
+from .procinfo import libc
+
 # sched_setattr / sched_getattr: not in the os module.  x86_64 has its own numbers; the
 # 64-bit ARM and RISC-V kernels use the generic table.
 _SYSCALLS = {"x86_64": (314, 315), "aarch64": (274, 275), "arm64": (274, 275), "riscv64": (274, 275)}
@@ -50,16 +52,10 @@ MIN_SLICE_NS, MAX_SLICE_NS = 100_000, 100_000_000  # the kernel's clamp
 # size, policy, flags, nice, priority, runtime, deadline, period
 _ATTR = struct.Struct("IIQiIQQQ")
 
-_libc = None
-
-
 def _syscall(number: int, *args) -> None:
-    global _libc
     import ctypes
 
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.syscall(number, *args) != 0:
+    if libc().syscall(number, *args) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
