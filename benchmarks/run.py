@@ -268,6 +268,8 @@ class Bench:
                                                 **({"scheduler_slice_us": None} if before else {}))
         self.meta["postmaster_scheduler_slice_ns"] = {
             name: c.scheduler_slice_ns for name, c in self.clusters.items()}  # 0: the kernel's default
+        self.meta["registrant_wait_slice_us"] = {  # Backend(wait_slice_us=); None: default slice
+            name: None if name.startswith("before") else 100 for name in self.clusters}
         if self.genuine:
             from bgwlab.pg.cgroup import pids_limit
 
@@ -285,7 +287,9 @@ class Bench:
         if self.pg:
             res = self.runners["pg"].call(op="setup", genuine_fail=self.genuine, timeout=600)
             self.meta["postgresql"].update(res)
-        dirs = {n: [str(c.directory), n != "log_off"] for n, c in self.clusters.items()}
+        # the before-engine's registrant waits as it did then: on its default slice
+        dirs = {n: [str(c.directory), n != "log_off"] + ([None] if n.startswith("before") else [])
+                for n, c in self.clusters.items()}
         self.runner_pids = {n: r.pid for n, r in self.runners.items()}
         self.runners["lean"].call(op="attach", clusters=dirs)
         for n in ("heavy", "c1", "c2", "c3"):

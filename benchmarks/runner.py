@@ -106,17 +106,35 @@ class Registrant:
     def attach(self, clusters: dict) -> dict:
         import bgwlab
 
-        for name, (directory, log_events) in clusters.items():
-            self.backends[name] = bgwlab.attach(directory, log_events=log_events)
+        for name, (directory, log_events, *wait_slice) in clusters.items():
+            # [directory, log_events] or [..., wait_slice_us]: None for a registrant whose
+            # waits keep the default slice (the engine before it had one: run.py --before)
+            opts = {"wait_slice_us": wait_slice[0]} if wait_slice else {}
+            self.backends[name] = bgwlab.attach(directory, log_events=log_events, **opts)
         self.specs = {k: self._spec(k) for k in ("timed", "fail", "genuine", "crash", "cycle")}
         return {"pid": os.getpid()}
+
+    def _backend(self, cluster: str):
+        """The backend of `cluster`, with this thread's scheduler slice as that backend's
+        registrant would have it in steady state: held short (wait_slice_us, from its
+        first wait on) or, for a backend with wait_slice_us=None (the engine before it
+        had one), given back by every other backend.  Outside the timed window."""
+        from bgwlab import sched
+
+        b = self.backends[cluster]
+        if b.wait_slice_ns:
+            b.hold_short_slice()
+        else:
+            for other in self.backends.values():
+                sched.release_all(other)
+        return b
 
     def timed(self, cluster: str) -> dict:
         """request -> pid known -> running known; go -> last instruction -> stop known."""
         from bgwlab import HandleStatus
         from peers import STAMP, _read_exact
 
-        b = self.backends[cluster]
+        b = self._backend(cluster)
         spec = self.specs["timed"]
         self._drain(self.stamp_fd)
         self._drain(self.go_fd)
@@ -146,7 +164,7 @@ class Registrant:
         postmaster's fork() fails for real (pids cgroup)."""
         from bgwlab import HandleStatus
 
-        b = self.backends[cluster]
+        b = self._backend(cluster)
         t0 = _ns()
         h = b.register_dynamic_worker(self.specs["genuine" if genuine else "fail"])
         status, _ = h.wait_for_startup()
@@ -159,7 +177,7 @@ class Registrant:
         """request of a worker whose entry point does not exist -> registrant knows STOPPED."""
         from bgwlab import HandleStatus
 
-        b = self.backends[cluster]
+        b = self._backend(cluster)
         t0 = _ns()
         h = b.register_dynamic_worker(self.specs["crash"])
         status, _ = h.wait_for_startup()
@@ -172,7 +190,7 @@ class Registrant:
 
     def cycles(self, cluster: str, t_begin: int, duration_s: float) -> dict:
         """As many register -> started -> stopped cycles as fit in [t_begin, t_begin + duration)."""
-        b = self.backends[cluster]
+        b = self._backend(cluster)
         spec = self.specs["cycle"]
         _sleep_until(t_begin)
         t_end = t_begin + int(duration_s * 1e9)

@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import shmem
+from . import sched, shmem
 from .errors import BgwError, NotACluster, OutOfWorkerSlots, PostmasterDied, TooManyBackends
 from .eventlog import EventWriter
 from .latch import Latch, dispatcher, wait_fds
@@ -45,12 +45,28 @@ def read_pidfile(directory: Path) -> tuple[int, int]:
     return int(pid), int(start)
 
 
+def _slice_ns(slice_us) -> int:
+    """A ``wait_slice_us`` argument in ns (0: none), or ValueError before anything is attached."""
+    if slice_us is None:
+        return 0
+    if not isinstance(slice_us, int) or isinstance(slice_us, bool) or not 100 <= slice_us <= 100_000:
+        raise ValueError(f"wait_slice_us must be None or an int in 100..100000, got {slice_us!r}")
+    return slice_us * 1000
+
+
 class Backend:
     """This process, attached to one cluster.  Build with ``cluster.connect()`` or ``bgwlab.attach()``."""
 
     _postmaster_gone = False  # set by detach(): was the postmaster already gone then?
 
-    def __init__(self, directory, *, log_events: bool = True):
+    def __init__(self, directory, *, log_events: bool = True, wait_slice_us: int | None = 100):
+        """`wait_slice_us`: a thread that sleeps in a wait of this backend (a handle's
+        wait_for_startup / wait_for_shutdown, ParallelContext.wait_for_attach) holds this
+        scheduler slice from its first such sleep until the backend detaches (Linux >= 6.12,
+        EEVDF): the postmaster's signal then runs it at once rather than after the task
+        holding its CPU (``bgwlab/sched.py``).  None: the backend never touches a thread's
+        scheduling.  PostgreSQL's backends ask for nothing of the kind."""
+        self.wait_slice_ns = _slice_ns(wait_slice_us)
         self.directory = Path(directory)
         self._pid = os.getpid()
         self._tlock = threading.Lock()  # threads of this process; flock is per open file
@@ -117,6 +133,7 @@ class Backend:
         except (OSError, ValueError, BgwError):
             pass
         self.index = -1
+        sched.release_all(self)  # the threads that waited here get their own slices back
         try:  # remembered for waits still pending in other threads (see _status_in_wait)
             self._postmaster_gone = self._pm_fd < 0 or bool(wait_fds([self._pm_fd], 0))
         except OSError:
@@ -124,6 +141,12 @@ class Backend:
         self._close_fds()
 
     close = detach
+
+    def hold_short_slice(self) -> None:
+        """Before a wait sleeps: the calling thread gets wait_slice_us, once (see __init__).
+        Any thread of the process that attached."""
+        if self.wait_slice_ns and not sched.holds(self):
+            sched.hold_for(self, self.wait_slice_ns)
 
     @property
     def attached(self) -> bool:
@@ -408,6 +431,7 @@ class WorkerHandle:
                 finished, status, pid, sleep_s = self._look(done, pm_fd, deadline, pm_news)
                 if finished:
                     break
+                b.hold_short_slice()
                 # looks_again: we look after every wakeup, so a SIGUSR1 the dispatcher drains
                 # here need not set our own latch
                 pm_news = pm_fd in dispatcher.wait(latch, sleep_s, also=(pm_fd,), looks_again=True)

@@ -213,11 +213,12 @@ class Cluster:
         return cluster
 
     # -- joining ------------------------------------------------------------------------------
-    def connect(self, *, log_events: bool = True) -> Backend:
-        """Attach this process as a backend (a registrant) of the cluster."""
+    def connect(self, *, log_events: bool = True, wait_slice_us: int | None = 100) -> Backend:
+        """Attach this process as a backend (a registrant) of the cluster.  `wait_slice_us`:
+        see Backend (a short scheduler slice while a wait sleeps; None: never)."""
         if self._stopped:
             raise BgwError("this cluster has been stopped; start a new one with Cluster.start()")
-        b = Backend(self.directory, log_events=log_events)
+        b = Backend(self.directory, log_events=log_events, wait_slice_us=wait_slice_us)
         self._backends.append(b)
         return b
 
@@ -360,7 +361,7 @@ class Cluster:
                 f"max_workers={self.max_workers} {'alive' if self.alive else 'down'}>")
 
 
-def attach(directory, *, log_events: bool = True) -> Backend:
+def attach(directory, *, log_events: bool = True, wait_slice_us: int | None = 100) -> Backend:
     """Join a running cluster from another process: returns a Backend."""
-    return Backend(directory, log_events=log_events)
+    return Backend(directory, log_events=log_events, wait_slice_us=wait_slice_us)
 

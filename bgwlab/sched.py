@@ -41,6 +41,8 @@ from __future__ import annotations
 import os
 import platform
 import struct
+import threading
+import weakref
 
 from .procinfo import libc
 
@@ -98,3 +100,136 @@ def set_slice(pid: int, slice_ns: int, *, reset_on_fork: bool = True) -> int:
                                                   int(slice_ns), 0, 0), _ATTR.size)
     _syscall(_SYSCALLS[platform.machine()][0], int(pid), attr, 0)
     return slice_of(pid)
+
+
+# -- a short slice for a registrant's waiting threads ----------------------------------------------
+# The other end of the same hop.  The postmaster signals the registrant right after fork();
+# at that moment both CPUs of a 2-CPU machine are often taken (the postmaster finishing its
+# pass, the new worker in its copy-on-write faults), and a woken registrant on the default
+# slice may queue behind one of them for up to that task's slice.  A registrant thread with
+# a short slice preempts it (PREEMPT_SHORT) and reads its pid at once.  Backend(wait_slice_us=)
+# gives a thread that slice at its first wait and its own back when the backend detaches
+# (hold_short_slice / give_back_slice).  Not per wait: asking and giving back cost ~3 us of
+# kernel time each, and the giving back would fall between the wakeup and the return --
+# measured, that cost the start's median 2-4 %; held, it cost nothing measurable.
+
+_default_slice_ns = 0  # what the kernel reports for a thread on the default slice, once seen
+_holds: dict = {}  # native thread id -> [what give_back_slice needs, its holders (weak)]
+_holds_lock = threading.Lock()
+_attrs: dict = {}  # (policy, flags, nice, runtime) -> its struct sched_attr, built once (read-only)
+_calls = None  # (sched_setattr, sched_getattr) numbers and libc's syscall(), found once
+
+
+def _syscall_fn():
+    global _calls
+    if _calls is None:
+        _calls = (*_SYSCALLS[platform.machine()], libc().syscall)
+    return _calls
+
+
+def _get_attr(tid: int):
+    """Thread `tid`'s (0: the caller's) struct sched_attr fields, or None if unreadable."""
+    import ctypes
+
+    _set_nr, get_nr, call = _syscall_fn()
+    buf = ctypes.create_string_buffer(_ATTR.size)
+    if call(get_nr, tid, buf, _ATTR.size, 0) != 0:
+        return None
+    return _ATTR.unpack_from(buf.raw)
+
+
+def _set_attr(tid: int, policy: int, flags: int, nice: int, runtime: int) -> bool:
+    """sched_setattr on thread `tid` (0: the caller)."""
+    set_nr, _get_nr, call = _syscall_fn()
+    key = (policy, flags, nice, runtime)
+    attr = _attrs.get(key)
+    if attr is None:
+        import ctypes
+
+        attr = ctypes.create_string_buffer(_ATTR.pack(_ATTR.size, *key[:3], 0, runtime, 0, 0), _ATTR.size)
+        if len(_attrs) < 64:  # (a handful in practice: one per nice value and slice)
+            _attrs[key] = attr
+    return call(set_nr, tid, attr, 0) == 0
+
+
+def hold_short_slice(slice_ns: int):
+    """Give the calling thread a `slice_ns` slice, keeping its policy, flags and nice value.
+    Returns what give_back_slice needs, or None if nothing was changed: no custom slices
+    here, a policy other than SCHED_OTHER, a slice already as short, or the kernel refused.
+    Any thread."""
+    if not supported():
+        return None
+    cur = _get_attr(0)
+    if cur is None:
+        return None
+    _size, policy, flags, nice, _prio, runtime, _dl, _period = cur
+    if policy != SCHED_OTHER or not runtime or runtime <= slice_ns:
+        return None  # (runtime 0: this kernel has no slices to report or set)
+    # reset on fork: a process this thread forks meanwhile (a multiprocessing pool) starts
+    # on the default slice, as it would have
+    if not _set_attr(0, policy, flags | SCHED_FLAG_RESET_ON_FORK, nice, slice_ns):
+        return None
+    return flags, runtime
+
+
+def give_back_slice(saved, tid: int = 0) -> None:
+    """Put back the slice hold_short_slice found (`saved`) in thread `tid` (0: the caller;
+    else a live thread of this process).  A thread that was on the default slice goes back
+    to the default (sched_runtime 0), not to a chosen slice of the same length: its
+    children, and a later change of the kernel's base slice, see no trace.  Its nice value
+    and policy are read again: a change made meanwhile is kept.  Silent if `tid` is gone."""
+    global _default_slice_ns
+    if saved is None:
+        return
+    flags, runtime = saved
+    try:
+        if os.sched_getscheduler(tid) & 0xFF != SCHED_OTHER:  # (& 0xFF: not RESET_ON_FORK's bit)
+            return  # its policy was changed meanwhile: that choice stands
+        nice = os.getpriority(os.PRIO_PROCESS, tid)  # (Linux: that thread's)
+    except OSError:
+        return  # the thread is gone
+    _set_attr(tid, SCHED_OTHER, flags, nice, 0)
+    if runtime == _default_slice_ns:
+        return
+    # Not known yet whether `runtime` was the default: we asked for the default; look.
+    now = _get_attr(tid)
+    if now is not None and now[5] == runtime:
+        _default_slice_ns = runtime  # it was
+    elif now is not None:
+        _set_attr(tid, SCHED_OTHER, flags, nice, runtime)  # a slice of its own: give it back
+
+
+def hold_for(holder, slice_ns: int) -> None:
+    """The calling thread holds a `slice_ns` slice on behalf of `holder` (a Backend) until
+    release_all(holder).  Several holders share one hold; the first one asks the kernel,
+    the last to let go gives the thread's own slice back.  Any thread."""
+    tid = threading.get_native_id()
+    with _holds_lock:
+        entry = _holds.get(tid)
+        if entry is not None:
+            entry[1].add(holder)
+            return
+    saved = hold_short_slice(slice_ns)  # (our own thread: no other can add it meanwhile)
+    with _holds_lock:
+        _holds[tid] = [saved, weakref.WeakSet((holder,))]  # (a dropped Backend's __del__ detaches)
+
+
+def release_all(holder) -> None:
+    """`holder` lets go of every thread it holds; a thread that nobody holds any more and
+    that still runs in this process gets its own slice back.  Any thread."""
+    me, back = threading.get_native_id(), []
+    with _holds_lock:
+        for tid, entry in list(_holds.items()):
+            entry[1].discard(holder)
+            if not entry[1]:
+                del _holds[tid]
+                back.append((tid, entry[0]))
+    for tid, saved in back:
+        if saved is not None and (tid == me or os.path.exists(f"/proc/self/task/{tid}")):
+            give_back_slice(saved, 0 if tid == me else tid)
+
+
+def holds(holder) -> bool:
+    """Does `holder` hold the calling thread (has it waited here since it attached)?"""
+    entry = _holds.get(threading.get_native_id())
+    return entry is not None and holder in entry[1]

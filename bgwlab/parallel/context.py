@@ -313,6 +313,7 @@ class ParallelContext:
                     raise errors[0][1]
                 if all(w.attached or w.finished for w in self.workers):
                     return
+                self.backend.hold_short_slice()  # (Backend's wait_slice_us)
                 ready = dispatcher.wait(ev, None, also=(self._attach_fd, *self._latch.death_fds))
                 self._latch.check_postmaster(ready)
         finally:
