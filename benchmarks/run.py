@@ -260,16 +260,22 @@ class Bench:
             self.log(f"bench: no PostgreSQL server here, skipping its rows: {why}", file=sys.stderr)
         from ab import compile_bytecode  # (else the first postmaster to start compiles bgwlab,
         compile_bytecode(self.before)     #  and keeps the compiler's garbage in its heap)
+        # The engine as it was had no scheduler slices of its own (bgwlab/sched.py): the
+        # before clusters' postmasters and their registrant keep the kernel's default,
+        # unless the patch says otherwise (BEFORE_POSTMASTER_SLICE_US / BEFORE_WAIT_SLICE_US)
+        self.before_slices = _before_slices(self.before)
+        if self.before:
+            self.meta["before"]["scheduler_slice_us"], self.meta["before"]["wait_slice_us"] = self.before_slices
         for name, (mw, log) in specs.items():
             before = name.startswith("before")
             pre = PRELOAD + ((self.before,) if before else ())
-            # the engine as it was had no scheduler slice of its own (bgwlab/sched.py)
-            self.clusters[name] = Cluster.start(max_workers=mw, log_events=log, preload=pre,
-                                                **({"scheduler_slice_us": None} if before else {}))
+            self.clusters[name] = Cluster.start(
+                max_workers=mw, log_events=log, preload=pre,
+                **({"scheduler_slice_us": self.before_slices[0]} if before else {}))
         self.meta["postmaster_scheduler_slice_ns"] = {
             name: c.scheduler_slice_ns for name, c in self.clusters.items()}  # 0: the kernel's default
         self.meta["registrant_wait_slice_us"] = {  # Backend(wait_slice_us=); None: default slice
-            name: None if name.startswith("before") else 100 for name in self.clusters}
+            name: self.before_slices[1] if name.startswith("before") else 100 for name in self.clusters}
         if self.genuine:
             from bgwlab.pg.cgroup import pids_limit
 
@@ -287,8 +293,8 @@ class Bench:
         if self.pg:
             res = self.runners["pg"].call(op="setup", genuine_fail=self.genuine, timeout=600)
             self.meta["postgresql"].update(res)
-        # the before-engine's registrant waits as it did then: on its default slice
-        dirs = {n: [str(c.directory), n != "log_off"] + ([None] if n.startswith("before") else [])
+        # the before-engine's registrant waits as it did then (on its default slice)
+        dirs = {n: [str(c.directory), n != "log_off"] + ([self.before_slices[1]] if n.startswith("before") else [])
                 for n, c in self.clusters.items()}
         self.runner_pids = {n: r.pid for n, r in self.runners.items()}
         self.runners["lean"].call(op="attach", clusters=dirs)
@@ -637,6 +643,21 @@ def save(result: dict, out: Path, text: str) -> Path:
     Path(f"{stem}.txt").write_text(text + "\n")
     Path(f"{stem}.meta.json").write_text(json.dumps(result["metadata"], indent=2, sort_keys=True) + "\n")
     return stem.with_suffix(".csv")
+
+
+def _before_slices(patch: str | None) -> tuple:
+    """(postmaster's scheduler_slice_us, registrant's wait_slice_us) for the before clusters:
+    None, None unless the patch module sets BEFORE_POSTMASTER_SLICE_US / BEFORE_WAIT_SLICE_US
+    (read from its text: importing it here would apply it to this process)."""
+    import re
+
+    found = {}
+    if patch:
+        text = (HERE / "ab_patches" / f"{patch}.py").read_text()
+        for key in ("BEFORE_POSTMASTER_SLICE_US", "BEFORE_WAIT_SLICE_US"):
+            m = re.search(rf"^{key} = (\d+|None)\s*(#.*)?$", text, re.M)
+            found[key] = int(m.group(1)) if m and m.group(1) != "None" else None
+    return found.get("BEFORE_POSTMASTER_SLICE_US"), found.get("BEFORE_WAIT_SLICE_US")
 
 
 def main(argv=None) -> int:

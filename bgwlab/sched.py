@@ -1,4 +1,6 @@
-"""The postmaster's scheduler slice: ask Linux to run it at once when it is woken.
+"""Scheduler slices: ask Linux to run the postmaster, and a registrant's waiting thread, at
+once when they are woken.  (The postmaster's first; the registrant's at the end, after
+``hold_short_slice``.)
 
 Why.  Since Linux 6.6 the fair scheduler is EEVDF: every task has a *slice* (by default
 ``base_slice_ns`` scaled by 1 + log2 of the CPUs: 1.4 ms on this 2-CPU VM's 6.18 kernel), its virtual
@@ -32,8 +34,8 @@ runs longer than 100 us; the kernel may then let a task with an earlier deadline
 before the pass ends.
 
 On a kernel without custom slices (before 6.12) the request is ignored; ``slice_of``
-then reads 0, and nothing else changes.  Only the starting process loads this module
-(it loads ctypes); the postmaster's image does not.
+then reads 0, and nothing else changes.  The starting process and registrants load this
+module (it loads ctypes when first called); the postmaster's image does not.
 """
 
 from __future__ import annotations

@@ -141,12 +141,32 @@ def test_samples_targets_decomposition_and_metadata(quick_run):
                 "loadavg_1min_during", "plan", "heap", "busy_processes_at_start", "busy_phase"):
         assert key in meta, key
     assert meta["plan"]["mode"] == "quick" and meta["cpu_count"] >= 1
+    # every cluster's registrant waits with Backend's short slice (no --before here)
+    assert meta["registrant_wait_slice_us"] and set(meta["registrant_wait_slice_us"].values()) == {100}
     # the heavy registrant holds the heap it was asked for (its RSS gain is not checked:
     # swap can hide it); 140 bytes per object, as benchmarks/peers.make_heap builds it
     heap = meta["heap"]
     assert heap["heavy"]["objects"] == heap["requested_mb"] * 2**20 // 140
     assert heap["heavy"]["rss_mb"] > 0 and heap["heavy"]["rss_before_mb"] > 0
     assert (out / "bench_quick.txt").read_text().startswith("bgwlab benchmark (quick)")
+
+
+def test_before_patches_say_which_slices_their_clusters_keep(monkeypatch):
+    spec = importlib.util.spec_from_file_location("_bgwlab_bench_run", BENCH / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # (run.py puts benchmarks/ on it)
+    loaded = set(sys.modules)
+    sys.modules[spec.name] = run  # (its dataclasses look their module up)
+    try:
+        spec.loader.exec_module(run)
+    finally:
+        for name in set(sys.modules) - loaded:  # run, and the report it imports: not for others
+            del sys.modules[name]
+    assert run._before_slices(None) == (None, None)
+    # an old engine's patch says nothing: both slices at the kernel's default, as it had them
+    assert run._before_slices("at_8cb4ef5") == (None, None)
+    # same_engine: the registrant's slice is the only difference
+    assert run._before_slices("same_engine") == (100, None)
 
 
 def test_report_statistics_on_known_data():
