@@ -1,7 +1,7 @@
 # ---
 # jupyter:
 #   jupytext:
-#     cell_metadata_filter: -all
+#     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
 #     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
 #     text_representation:
@@ -172,7 +172,7 @@ if HAVE_PG:
 # shared memory inconsistent, so PostgreSQL's postmaster runs its crash-restart: SIGQUIT
 # to *every* child — the registrant included — and shared memory is recreated. bgwlab's
 # registrants (notebook kernels) live **outside** the crash domain: they survive and are
-# woken. That is the one place where bgwlab differs from PostgreSQL on purpose.
+# woken: a difference on purpose (section 5 lists them).
 
 # %%
 if HAVE_PG:
@@ -238,6 +238,7 @@ print(LOST_WAKEUP)
 # | timeouts on waits | none | `wait_for_startup(timeout=)` |
 # | worker entry | a C function in a shared library | a Python function (a slower early crash) |
 # | postmaster wakeups (15) | work in signal handlers; a lost wakeup costs up to 60 s | flag + self-pipe; none lost |
+# | scheduling | the kernel's default slice for the postmaster and for backends | the postmaster asks for a 100 µs slice, and a registrant thread that has waited holds one until its backend detaches (Linux ≥ 6.12; `Cluster.start(scheduler_slice_us=None)`, `connect(wait_slice_us=None)`: the default) |
 #
 # **Exercises.** (1) Run section 4 a few times: is the loss random, or does one loss make
 # the next one likelier? (Hint: what else does `ServerLoop` do once a minute, right after
