@@ -34,6 +34,24 @@ def wait_until(predicate, timeout: float = 5.0, what: str = "condition", interva
         time.sleep(interval)
 
 
+def value_in_child(fn) -> str:
+    """What `fn()` returns (str) in a child forked from here, reported through a pipe; the
+    child is reaped before this returns."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(w, str(fn()).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        return os.read(r, 4096).decode()
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+
+
 def reap_zombie_children() -> list[int]:
     """Reap children that have exited (e.g. adopted orphans).  Returns their pids."""
     reaped = []

@@ -13,6 +13,7 @@ import threading
 import time
 
 from bgwlab import Fault, HandleStatus, WorkerSpec
+from conftest import value_in_child
 
 
 def _current_wakeup_fd() -> int:
@@ -56,23 +57,9 @@ def test_a_main_thread_wait_wakes_after_asyncio_took_the_wakeup_fd(cluster, back
 def test_a_forked_child_does_not_write_into_its_parents_wakeup_pipe():
     """After fork() the child's signals must not wake the parent: the wakeup fd it
     inherited names the parent's pipe, so the dispatcher drops it in the child."""
-    import os
-
     from bgwlab.latch import dispatcher
 
     dispatcher.install()
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: report the wakeup fd it has
-        try:
-            os.write(w, str(_current_wakeup_fd()).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    try:
-        got = int(os.read(r, 64))
-    finally:
-        os.close(r)
-        os.waitpid(pid, 0)
+    got = int(value_in_child(_current_wakeup_fd))  # the wakeup fd a child has
     assert got == -1, f"the child kept the parent's wakeup fd {got}"
     assert _current_wakeup_fd() == dispatcher._w

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from bgwlab import NEVER_RESTART, Cluster, HandleStatus, WorkerSpec, sched
+from conftest import value_in_child, wait_until
 
 
 def _custom_slices() -> bool:
@@ -92,24 +93,6 @@ def _sleeper(b):
     return h
 
 
-def _child_slice() -> int:
-    """The slice of a process this thread forks (read by the child itself)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.write(w, str(sched.slice_of(0)).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    try:
-        got = int(os.read(r, 64))
-    finally:
-        os.close(r)
-        os.waitpid(pid, 0)
-    return got
-
-
 def _in_thread(steps):
     """Run `steps(record, go)` in a new thread; returns (thread, record dict, go Event)."""
     import threading
@@ -118,15 +101,6 @@ def _in_thread(steps):
     t = threading.Thread(target=lambda: steps(record, go))
     t.start()
     return t, record, go
-
-
-def _until(pred, what, timeout=30.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.002)
 
 
 def test_wait_slice_out_of_range_is_refused_before_attaching():
@@ -152,14 +126,14 @@ def test_a_thread_that_waited_holds_the_short_slice_until_the_backend_detaches()
             h = _sleeper(b)
             h.wait_for_shutdown(timeout=0.05)  # sleeps: from here on the thread holds the slice
             record["held"] = sched.slice_of(0)
-            record["child"] = _child_slice()  # reset on fork: a child starts on the default
+            record["child"] = int(value_in_child(lambda: sched.slice_of(0)))  # reset on fork: the default
             h.terminate()
             record["status"] = h.wait_for_shutdown(timeout=30)
             go.wait(60)  # (the main thread detaches the backend meanwhile)
             record["after"] = (sched.slice_of(0), sched._get_attr(0)[2], os.getpriority(os.PRIO_PROCESS, 0))
 
         t, record, go = _in_thread(steps)
-        _until(lambda: "status" in record or not t.is_alive(), "the waiting thread")
+        wait_until(lambda: "status" in record or not t.is_alive(), 30, "the waiting thread")
         assert sched.slice_of(0) == default  # only the thread that waited
         assert sched.slice_of(record["tid"]) == 100_000  # still held between its waits
         b.detach()  # from another thread: the waiter gets its own slice back
