@@ -113,7 +113,10 @@ def set_slice(pid: int, slice_ns: int, *, reset_on_fork: bool = True) -> int:
 # gives a thread that slice at its first wait and its own back when the backend detaches
 # (hold_short_slice / give_back_slice).  Not per wait: asking and giving back cost ~3 us of
 # kernel time each, and the giving back would fall between the wakeup and the return --
-# measured, that cost the start's median 2-4 %; held, it cost nothing measurable.
+# measured, that cost the start's median 2-4 %.  Held, in six benchmark runs against the
+# same engine without it in the same rounds (run.py --before same_engine): start 0.88-0.95x,
+# start p99 0.85-0.94x, running 0.97-0.99x; the registrant's wake-up after the signal went
+# from 78-125 / 330-2,400 us (median / p99) to 61-80 / 135-250 us.
 
 _default_slice_ns = 0  # what the kernel reports for a thread on the default slice, once seen
 _holds: dict = {}  # native thread id -> [what give_back_slice needs, its holders (weak)]
