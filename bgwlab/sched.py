@@ -58,12 +58,36 @@ MIN_SLICE_NS, MAX_SLICE_NS = 100_000, 100_000_000  # the kernel's clamp
 # size, policy, flags, nice, priority, runtime, deadline, period
 _ATTR = struct.Struct("IIQiIQQQ")
 
-def _syscall(number: int, *args) -> None:
+def _read_attr(tid: int) -> tuple:
+    """Thread `tid`'s (0: the caller's) struct sched_attr fields (size, policy, flags, nice,
+    priority, runtime, deadline, period).  Raises OSError (ProcessLookupError: gone)."""
     import ctypes
 
-    if libc().syscall(number, *args) != 0:
+    buf = ctypes.create_string_buffer(_ATTR.size)
+    if libc().syscall(_SYSCALLS[platform.machine()][1], int(tid), buf, _ATTR.size, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+    return _ATTR.unpack_from(buf.raw)
+
+
+def _write_attr(tid: int, policy: int, flags: int, nice: int, runtime: int) -> None:
+    """sched_setattr on thread `tid` (0: the caller).  Raises OSError.  The struct for each
+    (policy, flags, nice, runtime) is built once: a registrant's holds reuse two or three."""
+    import ctypes
+
+    key = (policy, flags, nice, runtime)
+    attr = _attrs.get(key)
+    if attr is None:
+        attr = ctypes.create_string_buffer(_ATTR.pack(_ATTR.size, policy, flags, nice, 0, runtime, 0, 0),
+                                           _ATTR.size)
+        if len(_attrs) < 64:
+            _attrs[key] = attr
+    if libc().syscall(_SYSCALLS[platform.machine()][0], int(tid), attr, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+_attrs: dict = {}  # (policy, flags, nice, runtime) -> its struct sched_attr (read-only once built)
 
 
 def supported() -> bool:
@@ -77,11 +101,7 @@ def slice_of(pid: int = 0) -> int:
     Raises ProcessLookupError if `pid` is gone."""
     if not supported():
         return 0
-    import ctypes
-
-    buf = ctypes.create_string_buffer(56)
-    _syscall(_SYSCALLS[platform.machine()][1], int(pid), buf, 56, 0)
-    size, policy, _flags, _nice, _prio, runtime, _dl, _period = _ATTR.unpack_from(buf.raw)
+    _size, policy, _flags, _nice, _prio, runtime, _dl, _period = _read_attr(pid)
     return runtime if policy == SCHED_OTHER else 0
 
 
@@ -94,13 +114,8 @@ def set_slice(pid: int, slice_ns: int, *, reset_on_fork: bool = True) -> int:
         raise ValueError(f"slice_ns must be 0 or {MIN_SLICE_NS}..{MAX_SLICE_NS}, got {slice_ns!r}")
     if not supported():
         return 0
-    import ctypes
-
-    nice = os.getpriority(os.PRIO_PROCESS, pid)
-    flags = SCHED_FLAG_RESET_ON_FORK if reset_on_fork else 0
-    attr = ctypes.create_string_buffer(_ATTR.pack(_ATTR.size, SCHED_OTHER, flags, nice, 0,
-                                                  int(slice_ns), 0, 0), _ATTR.size)
-    _syscall(_SYSCALLS[platform.machine()][0], int(pid), attr, 0)
+    _write_attr(pid, SCHED_OTHER, SCHED_FLAG_RESET_ON_FORK if reset_on_fork else 0,
+                os.getpriority(os.PRIO_PROCESS, pid), int(slice_ns))
     return slice_of(pid)
 
 
@@ -121,40 +136,6 @@ def set_slice(pid: int, slice_ns: int, *, reset_on_fork: bool = True) -> int:
 _default_slice_ns = 0  # what the kernel reports for a thread on the default slice, once seen
 _holds: dict = {}  # native thread id -> [what give_back_slice needs, its holders (weak)]
 _holds_lock = threading.Lock()
-_attrs: dict = {}  # (policy, flags, nice, runtime) -> its struct sched_attr, built once (read-only)
-_calls = None  # (sched_setattr, sched_getattr) numbers and libc's syscall(), found once
-
-
-def _syscall_fn():
-    global _calls
-    if _calls is None:
-        _calls = (*_SYSCALLS[platform.machine()], libc().syscall)
-    return _calls
-
-
-def _get_attr(tid: int):
-    """Thread `tid`'s (0: the caller's) struct sched_attr fields, or None if unreadable."""
-    import ctypes
-
-    _set_nr, get_nr, call = _syscall_fn()
-    buf = ctypes.create_string_buffer(_ATTR.size)
-    if call(get_nr, tid, buf, _ATTR.size, 0) != 0:
-        return None
-    return _ATTR.unpack_from(buf.raw)
-
-
-def _set_attr(tid: int, policy: int, flags: int, nice: int, runtime: int) -> bool:
-    """sched_setattr on thread `tid` (0: the caller)."""
-    set_nr, _get_nr, call = _syscall_fn()
-    key = (policy, flags, nice, runtime)
-    attr = _attrs.get(key)
-    if attr is None:
-        import ctypes
-
-        attr = ctypes.create_string_buffer(_ATTR.pack(_ATTR.size, *key[:3], 0, runtime, 0, 0), _ATTR.size)
-        if len(_attrs) < 64:  # (a handful in practice: one per nice value and slice)
-            _attrs[key] = attr
-    return call(set_nr, tid, attr, 0) == 0
 
 
 def hold_short_slice(slice_ns: int):
@@ -164,15 +145,14 @@ def hold_short_slice(slice_ns: int):
     Any thread."""
     if not supported():
         return None
-    cur = _get_attr(0)
-    if cur is None:
-        return None
-    _size, policy, flags, nice, _prio, runtime, _dl, _period = cur
-    if policy != SCHED_OTHER or not runtime or runtime <= slice_ns:
-        return None  # (runtime 0: this kernel has no slices to report or set)
-    # reset on fork: a process this thread forks meanwhile (a multiprocessing pool) starts
-    # on the default slice, as it would have
-    if not _set_attr(0, policy, flags | SCHED_FLAG_RESET_ON_FORK, nice, slice_ns):
+    try:
+        _size, policy, flags, nice, _prio, runtime, _dl, _period = _read_attr(0)
+        if policy != SCHED_OTHER or not runtime or runtime <= slice_ns:
+            return None  # (runtime 0: this kernel has no slices to report or set)
+        # reset on fork: a process this thread forks meanwhile (a multiprocessing pool)
+        # starts on the default slice, as it would have
+        _write_attr(0, policy, flags | SCHED_FLAG_RESET_ON_FORK, nice, slice_ns)
+    except OSError:
         return None
     return flags, runtime
 
@@ -191,17 +171,16 @@ def give_back_slice(saved, tid: int = 0) -> None:
         if os.sched_getscheduler(tid) & 0xFF != SCHED_OTHER:  # (& 0xFF: not RESET_ON_FORK's bit)
             return  # its policy was changed meanwhile: that choice stands
         nice = os.getpriority(os.PRIO_PROCESS, tid)  # (Linux: that thread's)
+        _write_attr(tid, SCHED_OTHER, flags, nice, 0)
+        if runtime == _default_slice_ns:
+            return
+        # Not known yet whether `runtime` was the default: we asked for the default; look.
+        if _read_attr(tid)[5] == runtime:
+            _default_slice_ns = runtime  # it was
+        else:
+            _write_attr(tid, SCHED_OTHER, flags, nice, runtime)  # a slice of its own: back
     except OSError:
         return  # the thread is gone
-    _set_attr(tid, SCHED_OTHER, flags, nice, 0)
-    if runtime == _default_slice_ns:
-        return
-    # Not known yet whether `runtime` was the default: we asked for the default; look.
-    now = _get_attr(tid)
-    if now is not None and now[5] == runtime:
-        _default_slice_ns = runtime  # it was
-    elif now is not None:
-        _set_attr(tid, SCHED_OTHER, flags, nice, runtime)  # a slice of its own: give it back
 
 
 def hold_for(holder, slice_ns: int) -> None:

@@ -130,7 +130,7 @@ def test_a_thread_that_waited_holds_the_short_slice_until_the_backend_detaches()
             h.terminate()
             record["status"] = h.wait_for_shutdown(timeout=30)
             go.wait(60)  # (the main thread detaches the backend meanwhile)
-            record["after"] = (sched.slice_of(0), sched._get_attr(0)[2], os.getpriority(os.PRIO_PROCESS, 0))
+            record["after"] = (sched.slice_of(0), sched._read_attr(0)[2], os.getpriority(os.PRIO_PROCESS, 0))
 
         t, record, go = _in_thread(steps)
         wait_until(lambda: "status" in record or not t.is_alive(), 30, "the waiting thread")
