@@ -45,15 +45,6 @@ def read_pidfile(directory: Path) -> tuple[int, int]:
     return int(pid), int(start)
 
 
-def _slice_ns(slice_us) -> int:
-    """A ``wait_slice_us`` argument in ns (0: none), or ValueError before anything is attached."""
-    if slice_us is None:
-        return 0
-    if not isinstance(slice_us, int) or isinstance(slice_us, bool) or not 100 <= slice_us <= 100_000:
-        raise ValueError(f"wait_slice_us must be None or an int in 100..100000, got {slice_us!r}")
-    return slice_us * 1000
-
-
 class Backend:
     """This process, attached to one cluster.  Build with ``cluster.connect()`` or ``bgwlab.attach()``."""
 
@@ -66,7 +57,7 @@ class Backend:
         EEVDF): the postmaster's signal then runs it at once rather than after the task
         holding its CPU (``bgwlab/sched.py``).  None: the backend never touches a thread's
         scheduling.  PostgreSQL's backends ask for nothing of the kind."""
-        self.wait_slice_ns = _slice_ns(wait_slice_us)
+        self.wait_slice_ns = sched.slice_us_to_ns("wait_slice_us", wait_slice_us)
         self.directory = Path(directory)
         self._pid = os.getpid()
         self._tlock = threading.Lock()  # threads of this process; flock is per open file

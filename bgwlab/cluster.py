@@ -157,11 +157,9 @@ class Cluster:
         None: the default slice.  ``cluster.scheduler_slice_ns`` reports what the kernel
         set (0: the default).
         """
-        if scheduler_slice_us is not None and (
-                not isinstance(scheduler_slice_us, int) or isinstance(scheduler_slice_us, bool)
-                or not 100 <= scheduler_slice_us <= 100_000):
-            raise ValueError(f"scheduler_slice_us must be None or an int in 100..100000, "
-                             f"got {scheduler_slice_us!r}")
+        from .sched import slice_us_to_ns
+
+        slice_us_to_ns("scheduler_slice_us", scheduler_slice_us)  # (ValueError before anything starts)
         if not isinstance(max_workers, int) or not 1 <= max_workers <= 65_536:
             raise ValueError("max_workers must be an int in 1..65536")
         if not isinstance(max_backends, int) or not 1 <= max_backends <= 4096:
@@ -215,7 +213,8 @@ class Cluster:
     # -- joining ------------------------------------------------------------------------------
     def connect(self, *, log_events: bool = True, wait_slice_us: int | None = 100) -> Backend:
         """Attach this process as a backend (a registrant) of the cluster.  `wait_slice_us`:
-        see Backend (a short scheduler slice while a wait sleeps; None: never)."""
+        see Backend (a thread that sleeps in one of its waits holds a short scheduler slice
+        until the backend detaches; None: never)."""
         if self._stopped:
             raise BgwError("this cluster has been stopped; start a new one with Cluster.start()")
         b = Backend(self.directory, log_events=log_events, wait_slice_us=wait_slice_us)

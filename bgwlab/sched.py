@@ -90,6 +90,16 @@ def _write_attr(tid: int, policy: int, flags: int, nice: int, runtime: int) -> N
 _attrs: dict = {}  # (policy, flags, nice, runtime) -> its struct sched_attr (read-only once built)
 
 
+def slice_us_to_ns(name: str, slice_us) -> int:
+    """A ``*_slice_us`` argument (`name`) in ns, 0 for None; ValueError unless None or an
+    int in 100..100000 (the kernel's clamp, in us).  Checked before anything is started."""
+    if slice_us is None:
+        return 0
+    if not isinstance(slice_us, int) or isinstance(slice_us, bool) or not 100 <= slice_us <= 100_000:
+        raise ValueError(f"{name} must be None or an int in 100..100000, got {slice_us!r}")
+    return slice_us * 1000
+
+
 def supported() -> bool:
     """Linux on an architecture whose system call numbers we know."""
     return os.uname().sysname == "Linux" and platform.machine() in _SYSCALLS
