@@ -33,6 +33,8 @@ default slice for the postmaster), B's with ``Cluster.start``'s default (a 100 u
 ``bgwlab/sched.py``); the code is the same on both sides.  ``--wait-slice-ab`` (no patch): the same
 postmasters on both sides; A's backends wait with ``wait_slice_us=None`` (the registrant
 sleeps on its default slice), B's with ``Backend``'s default (100 us while a wait sleeps).
+``--fork-path-ab`` (no patch): A's clusters start with ``fork_path="python"`` (the
+reference fork path), B's with ``fork_path="c"`` (``bgwlab/forkpath.py``).
 
 If the patch module has ``registrant_writer(writer)``, A's registrant writer goes through
 it (a patch of the event writer changes the registrant's events too).
@@ -70,14 +72,17 @@ def main(argv=None) -> int:
     ap.add_argument("--wait-slice-ab", action="store_true",
                     help="no patch: A's registrant waits on its default scheduler slice "
                          "(wait_slice_us=None), B's with Backend's short one; same postmasters")
+    ap.add_argument("--fork-path-ab", action="store_true",
+                    help="no patch: A's postmasters fork through the Python path (fork_path='python'), "
+                         "B's through the C one (fork_path='c', bgwlab/forkpath.py)")
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--kinds", default="start,running,death,crash,pm_cpu_ms,worker_cpu_ms")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--log-off", action="store_true",
                     help="also time starts on a log_events=False cluster per side: logging overhead")
     args = ap.parse_args(argv)
-    if bool(args.patch) + args.bytecode_ab + args.slice_ab + args.wait_slice_ab != 1:
-        ap.error("give one of --patch, --bytecode-ab, --slice-ab, --wait-slice-ab")
+    if bool(args.patch) + args.bytecode_ab + args.slice_ab + args.wait_slice_ab + args.fork_path_ab != 1:
+        ap.error("give one of --patch, --bytecode-ab, --slice-ab, --wait-slice-ab, --fork-path-ab")
     import importlib
 
     from bgwlab import Cluster
@@ -114,6 +119,8 @@ def main(argv=None) -> int:
                 compile_bytecode(None)
             extra = (patch,) if v == "A" and patch else ()
             opts = {"scheduler_slice_us": None} if v == "A" and args.slice_ab else {}
+            if args.fork_path_ab:
+                opts["fork_path"] = "python" if v == "A" else "c"
             clusters[v] = stack.enter_context(Cluster.start(max_workers=8, preload=PRELOAD + extra, **opts))
             log[v] = True
             if args.log_off:
@@ -179,6 +186,7 @@ def main(argv=None) -> int:
             "the code as it is, postmasters with the kernel's default scheduler slice" if args.slice_ab else
             "the code as it is, a registrant that waits on its default slice (wait_slice_us=None)"
             if args.wait_slice_ab else
+            "the code as it is, postmasters on the Python fork path (B: the C one)" if args.fork_path_ab else
             "the code as it is, bgwlab compiled from source by each postmaster")
     print(f"A = {what}, B = the code as it is; n = {args.n} each, interleaved")
     print(f"postmasters' scheduler slice (ns; 0 = the kernel's default): "

@@ -264,16 +264,22 @@ class Bench:
         # before clusters' postmasters and their registrant keep the kernel's default,
         # unless the patch says otherwise (BEFORE_POSTMASTER_SLICE_US / BEFORE_WAIT_SLICE_US)
         self.before_slices = _before_slices(self.before)
+        # ... and forked through the Python path (bgwlab/forkpath.py), unless BEFORE_FORK_PATH
+        self.before_fork_path = _before_fork_path(self.before)
         if self.before:
             self.meta["before"]["scheduler_slice_us"], self.meta["before"]["wait_slice_us"] = self.before_slices
+            self.meta["before"]["fork_path"] = self.before_fork_path
         for name, (mw, log) in specs.items():
             before = name.startswith("before")
             pre = PRELOAD + ((self.before,) if before else ())
             self.clusters[name] = Cluster.start(
                 max_workers=mw, log_events=log, preload=pre,
-                **({"scheduler_slice_us": self.before_slices[0]} if before else {}))
+                **({"scheduler_slice_us": self.before_slices[0], "fork_path": self.before_fork_path}
+                   if before else {}))
         self.meta["postmaster_scheduler_slice_ns"] = {
             name: c.scheduler_slice_ns for name, c in self.clusters.items()}  # 0: the kernel's default
+        self.meta["fork_path"] = {name: c.fork_path for name, c in self.clusters.items()}  # "c" / "python"
+        self.meta["fork_path_note"] = {name: c.fork_path_note for name, c in self.clusters.items() if c.fork_path_note}
         self.meta["registrant_wait_slice_us"] = {  # Backend(wait_slice_us=); None: default slice
             name: self.before_slices[1] if name.startswith("before") else 100 for name in self.clusters}
         if self.genuine:
@@ -658,6 +664,19 @@ def _before_slices(patch: str | None) -> tuple:
             m = re.search(rf"^{key} = (\d+|None)\s*(#.*)?$", text, re.M)
             found[key] = int(m.group(1)) if m and m.group(1) != "None" else None
     return found.get("BEFORE_POSTMASTER_SLICE_US"), found.get("BEFORE_WAIT_SLICE_US")
+
+
+def _before_fork_path(patch: str | None) -> str:
+    """The before clusters' fork_path: "python" (the engine before the C path had only that)
+    unless the patch module sets BEFORE_FORK_PATH (read from its text, as _before_slices)."""
+    import re
+
+    if patch:
+        m = re.search(r'^BEFORE_FORK_PATH = "(auto|c|python)"\s*(#.*)?$',
+                      (HERE / "ab_patches" / f"{patch}.py").read_text(), re.M)
+        if m:
+            return m.group(1)
+    return "python"
 
 
 def main(argv=None) -> int:

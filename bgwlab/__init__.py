@@ -23,7 +23,7 @@ _EXPORTS = {
     "Event": "events", "read_events": "events",
     "BgwError": "errors", "InvalidWorkerSpec": "errors", "OutOfWorkerSlots": "errors",
     "PostmasterDied": "errors", "TooManyBackends": "errors", "NotACluster": "errors",
-    "UnsupportedPlatform": "errors",
+    "UnsupportedPlatform": "errors", "ForkPathUnavailable": "errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

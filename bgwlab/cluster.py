@@ -135,12 +135,15 @@ class Cluster:
         self._stopped = False
         self.keep_directory = False  # True: stop() leaves the directory (and its event log) behind
         self.scheduler_slice_ns = 0  # the postmaster's slice as the kernel reports it (0: default)
+        self.fork_path = "python"  # "c" or "python": the postmaster's fork path (bgwlab/forkpath.py)
+        self.fork_path_note = ""  # why not "c", when fork_path="auto" could not use it
 
     @classmethod
     def start(cls, max_workers: int = 8, directory=None, *, max_backends: int = 64,
               restart_after_crash: bool = True, log_events: bool = True,
               preload=("bgwlab.examples",), pdeathsig: bool = False,
-              startup_timeout: float = 30.0, scheduler_slice_us: int | None = 100) -> Cluster:
+              startup_timeout: float = 30.0, scheduler_slice_us: int | None = 100,
+              fork_path: str = "auto") -> Cluster:
         """Start a postmaster with `max_workers` slots in `directory` (a new temp dir if None).
 
         Entry points resolve against this process's sys.path and working directory.
@@ -156,21 +159,47 @@ class Cluster:
         kernels, never applied to a starter whose scheduling policy is not SCHED_OTHER.
         None: the default slice.  ``cluster.scheduler_slice_ns`` reports what the kernel
         set (0: the default).
+
+        `fork_path`: how the postmaster forks, publishes the pid and signals the registrant
+        (``bgwlab/forkpath.py``).  ``"auto"``: in C (``bgwlab/_forkpath.c``, compiled on the
+        first start into a cache) where a C compiler and Python's headers exist, else in
+        Python, saying why in ``cluster.fork_path_note``; ``"c"``: in C or
+        ``ForkPathUnavailable`` before anything starts; ``"python"``: the Python reference.
+        ``cluster.fork_path`` and the ``postmaster_started`` event say which one runs.
+        bgwlab-only: PostgreSQL's postmaster is C throughout.
         """
+        from .forkpath import ForkPathUnavailable, build, check_fork_path
         from .sched import slice_us_to_ns
 
         slice_us_to_ns("scheduler_slice_us", scheduler_slice_us)  # (ValueError before anything starts)
+        check_fork_path(fork_path)
         if not isinstance(max_workers, int) or not 1 <= max_workers <= 65_536:
             raise ValueError("max_workers must be an int in 1..65536")
         if not isinstance(max_backends, int) or not 1 <= max_backends <= 4096:
             raise ValueError("max_backends must be an int in 1..4096")
-        d, owns = _prepare_directory(directory)
+        d, owns = _prepare_directory(directory)  # (a directory not ours is refused first)
+        fork_c, fork_path_note = "", ""
+        if fork_path != "python":
+            try:
+                fork_c = str(build())  # (once per machine and source: then cached)
+            except (ForkPathUnavailable, ImportError, OSError) as e:
+                if fork_path == "c":
+                    if owns:
+                        shutil.rmtree(d, ignore_errors=True)
+                    if isinstance(e, ForkPathUnavailable):
+                        raise
+                    raise ForkPathUnavailable(f"could not build the C fork path: {e!r}") from e
+                fork_path_note = str(e) if isinstance(e, ForkPathUnavailable) else repr(e)
         me = os.getpid()
         conf = [f"max_workers={max_workers}", f"max_backends={max_backends}",
                 f"restart_after_crash={int(restart_after_crash)}", f"log_events={int(log_events)}",
                 f"pdeathsig={int(pdeathsig)}",
                 f"starter_pid={me}", f"starter_start={start_ticks(me)}",
-                "preload=" + ",".join(preload)]
+                "preload=" + ",".join(preload), f"fork_path={fork_path}"]
+        if fork_c and "\n" not in fork_c:
+            conf.append(f"fork_c={fork_c}")
+        if fork_path_note:
+            conf.append("fork_path_note=" + " ".join(fork_path_note.split()))  # (one line)
         paths = [_PACKAGE_PARENT] + [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
         seen = set()
         for p in paths:
@@ -194,7 +223,8 @@ class Cluster:
             os.close(w)
         try:
             ready = select.select([r], [], [], startup_timeout)[0]
-            ok = bool(ready) and os.read(r, 1) == b"R"
+            got = os.read(r, 2) if ready else b""
+            ok = got[:1] == b"R"
         finally:
             os.close(r)
         if not ok:
@@ -205,6 +235,10 @@ class Cluster:
                 shutil.rmtree(d, ignore_errors=True)
             raise BgwError(f"the postmaster did not start; its log ends with:\n{tail}")
         cluster = cls(d, proc, owns, max_workers, max_backends)
+        cluster.fork_path = "c" if got[1:2] == b"c" else "python"
+        if cluster.fork_path == "python" and fork_path != "python" and not fork_path_note:
+            fork_path_note = "the built C fork path did not load (postmaster.log says why)"
+        cluster.fork_path_note = fork_path_note
         _live_clusters.add(cluster)
         if scheduler_slice_us is not None:
             cluster.scheduler_slice_ns = _ask_for_slice(proc.pid, scheduler_slice_us * 1000)

@@ -36,3 +36,8 @@ class UnsupportedPlatform(BgwError):
     def _render_traceback_(self):
         # IPython/Jupyter: show the advice alone; the import machinery frames teach nothing.
         return [f"{type(self).__name__}: {self}"]
+
+
+class ForkPathUnavailable(BgwError):
+    """``Cluster.start(fork_path="c")``: the C fork path cannot be built here (the message
+    says why: no compiler, no Python headers, not Linux); ``bgwlab/forkpath.py``."""

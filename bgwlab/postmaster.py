@@ -124,6 +124,12 @@ class Postmaster:
         self.stop_reason = ""
         self.usr1 = False  # SIGUSR1 seen on this wake
         self.unlogged = {}  # slot -> RegisteredWorker whose request_seen is not written yet
+        # The fork path (bgwlab/forkpath.py): the directory of the built C module, or "" for
+        # the Python reference; "c" was asked for explicitly: no fallback then.
+        self.fork_c_dir = cfg.get("fork_c", "")
+        self.fork_c_required = cfg.get("fork_path", "auto") == "c"
+        self.fork_path_note = cfg.get("fork_path_note", "")  # why not C, when "auto" fell back
+        self.fork_c = None  # _forkpath.c's fork_publish_notify once loaded (setup)
 
     # -- setup -----------------------------------------------------------------------------
     def setup(self) -> None:
@@ -141,6 +147,15 @@ class Postmaster:
         self.worker_events = self.events.with_source("worker").prepare(
             "reached_main", "early_crash", "worker_error")
         from . import worker  # noqa: F401  (loaded before fork, so children need not)
+
+        if self.fork_c_dir:
+            try:
+                self.fork_c = load_fork_c(self.fork_c_dir)
+            except ImportError as e:
+                if self.fork_c_required:
+                    raise SystemExit(f"bgwlab postmaster: fork_path='c' but {e}") from None
+                self.fork_path_note = f"the built C fork path did not load: {e}"
+                print(f"bgwlab postmaster: {self.fork_path_note}; using the Python one", file=sys.stderr)
 
         if self.pdeathsig:  # only its workers call prctl (through ctypes): load it once here.
             preload_libc()  # Otherwise not at all: _ctypes and libffi are ~10 more mappings
@@ -174,7 +189,12 @@ class Postmaster:
         os.rename(pidfile + ".tmp", pidfile)
         self.set_state(shmem.PM_RUNNING)
         self.events.emit("postmaster_started", max_workers=self.max_workers,
-                         max_backends=self.max_backends)
+                         max_backends=self.max_backends, fork_path=self.fork_path(),
+                         **({"fork_path_note": self.fork_path_note} if self.fork_path_note else {}))
+
+    def fork_path(self) -> str:
+        """Which fork path start_worker takes: "c" (bgwlab/_forkpath.c) or "python"."""
+        return "python" if self.fork_c is None else "c"
 
     def private_fds(self) -> list[int]:
         """Fds a forked worker must close.  Called in the child."""
@@ -597,9 +617,28 @@ class Postmaster:
                 self.forget_and_notify(rw, "terminated before start")
                 continue
             started += 1
-            self.start_worker(rw)
+            try:
+                self.start_worker(rw)
+            except Exception as e:  # a bug (start_worker handles a refused fork itself) ...
+                self.start_raised(rw, e)
         if started >= MAX_STARTS_PER_PASS:
             os.write(self.wake_w, b"\0")  # more are due: loop again at once
+
+    def start_raised(self, rw, e: Exception) -> None:
+        """start_worker raised `e` (not a refused fork: a bug).  Postmaster only.  Logged; and
+        a worker still waiting for its fork is treated as a failed start (forgotten and its
+        registrant woken, or its restart scheduled), so that a due worker whose start raises
+        again neither spins this loop nor leaves its registrant waiting."""
+        import traceback
+
+        traceback.print_exc()
+        self.events.emit("postmaster_error", rw.slot, rw.generation, error=f"{type(e).__name__}: {e}")
+        if rw.pid > 0 or self.pending.get(rw.slot) is not rw:
+            return  # forked (its child runs) or already handled
+        if rw.spec.restart_ms == NEVER:
+            self.forget_and_notify(rw, f"start failed: {type(e).__name__}")
+        else:  # (at least a second apart: a start that keeps raising must not spin either)
+            rw.start_at = time.monotonic_ns() + max(rw.spec.restart_ms, 1000) * 1_000_000
 
     def start_worker(self, rw) -> None:
         """do_start_bgworker: fork, publish the pid, notify -- then the rest (logging never
@@ -614,6 +653,7 @@ class Postmaster:
         rw.fork_attempts += 1
         spec = rw.spec
         fd = self.backend_pidfd(*rw.notify) if rw.notify is not None else None
+        fork_c = self.fork_c  # None: the Python path below, the reference (bgwlab/forkpath.py)
         # seg.set_pid's one aligned store, its typed view and word found before fork(): the
         # call after it would touch a bound method, two frames and the layout object first.
         pids, pid_word = self.seg._i32, (self.seg.layout.slot_off(rw.slot) + shmem.PID_OFF) // 4
@@ -627,7 +667,10 @@ class Postmaster:
             # a newborn worker would shut the cluster down).
             _signal.pthread_sigmask(_signal.SIG_BLOCK, FORK_BLOCKED_SIGNALS)
             try:
-                pid = os.fork()
+                if fork_c is None:
+                    pid = os.fork()
+                else:  # fork, publish, signal, yield -- the steps below, in C, before any Python
+                    pid, t_forked, t_notified = fork_c(pids, pid_word, -1 if fd is None else fd, SIGUSR1)
             except BaseException:
                 _signal.pthread_sigmask(_signal.SIG_UNBLOCK, FORK_BLOCKED_SIGNALS)
                 raise
@@ -661,20 +704,21 @@ class Postmaster:
                 child_main(self, rw)  # never returns ...
             finally:
                 os._exit(1)  # ... nor ever unwinds into the postmaster's loop in the child
-        t_forked = time.monotonic_ns()
-        pids[pid_word] = pid  # = seg.set_pid(rw.slot, pid), before the signal: the registrant reads it
-        t_notified = 0
-        if fd is not None:
-            t_notified = time.monotonic_ns()
-            try:
-                _signal.pidfd_send_signal(fd, SIGUSR1)
-            except OSError:
-                t_notified = -1  # gone meanwhile: notify() below says so and forgets it
-            # Give the CPU away once, as the new worker does (worker.child_main): the
-            # registrant we just woke is often queued on our CPU, and what we still do here
-            # (bookkeeping, the start's events: copy-on-write faults while the child shares
-            # our pages, ~0.1-0.2 ms) would run first (A/B in benchmarks/README.md).
-            os.sched_yield()
+        if fork_c is None:
+            t_forked = time.monotonic_ns()
+            pids[pid_word] = pid  # = seg.set_pid(rw.slot, pid), before the signal: the registrant reads it
+            t_notified = 0
+            if fd is not None:
+                t_notified = time.monotonic_ns()
+                try:
+                    _signal.pidfd_send_signal(fd, SIGUSR1)
+                except OSError:
+                    t_notified = -1  # gone meanwhile: notify() below says so and forgets it
+                # Give the CPU away once, as the new worker does (worker.child_main): the
+                # registrant we just woke is often queued on our CPU, and what we still do here
+                # (bookkeeping, the start's events: copy-on-write faults while the child shares
+                # our pages, ~0.1-0.2 ms) would run first (A/B in benchmarks/README.md).
+                os.sched_yield()
         _signal.pthread_sigmask(_signal.SIG_UNBLOCK, FORK_BLOCKED_SIGNALS)
         rw.pid = pid
         self.by_pid[pid] = rw
@@ -819,6 +863,18 @@ def _kill(pid: int, sig: int) -> None:
         pass
 
 
+def load_fork_c(directory: str):
+    """_forkpath.c's fork_publish_notify, from the module Cluster.start built in `directory`
+    (bgwlab/forkpath.py).  Postmaster only, before the first fork.  The standard import
+    machinery, so nothing but the extension joins the image; ImportError if it cannot."""
+    sys.path.insert(0, directory)
+    try:
+        __import__("_bgwlab_forkpath")
+    finally:
+        sys.path.remove(directory)
+    return sys.modules["_bgwlab_forkpath"].fork_publish_notify
+
+
 def main(argv) -> int:
     directory = os.path.abspath(argv[1])
     ready_fd = int(argv[2]) if len(argv) > 2 else -1
@@ -828,7 +884,7 @@ def main(argv) -> int:
     pm = Postmaster(directory, cfg)
     pm.setup()
     if ready_fd >= 0:
-        os.write(ready_fd, b"R")
+        os.write(ready_fd, b"Rc" if pm.fork_c is not None else b"Rp")  # ready, and the fork path
         os.close(ready_fd)
     try:
         return pm.run()

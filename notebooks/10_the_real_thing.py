@@ -239,6 +239,7 @@ print(LOST_WAKEUP)
 # | worker entry | a C function in a shared library | a Python function (a slower early crash) |
 # | postmaster wakeups (15) | work in signal handlers; a lost wakeup costs up to 60 s | flag + self-pipe; none lost |
 # | scheduling | the kernel's default slice for the postmaster and for backends | the postmaster asks for a 100 µs slice, and a registrant thread that has waited holds one until its backend detaches (Linux ≥ 6.12; `Cluster.start(scheduler_slice_us=None)`, `connect(wait_slice_us=None)`: the default) |
+# | the fork path | C: `do_start_bgworker` calls `fork_process()`, then `ReportBackgroundWorkerPID` | the same three steps (fork, publish the pid, signal) in C where a compiler exists (`bgwlab/_forkpath.c`), else the readable Python reference (`Cluster.start(fork_path="python")`); `cluster.fork_path` says which |
 #
 # **Exercises.** (1) Run section 4 a few times: is the loss random, or does one loss make
 # the next one likelier? (Hint: what else does `ServerLoop` do once a minute, right after

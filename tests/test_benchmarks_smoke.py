@@ -167,6 +167,12 @@ def test_before_patches_say_which_slices_their_clusters_keep(monkeypatch):
     assert run._before_slices("at_8cb4ef5") == (None, None)
     # same_engine: the registrant's slice is the only difference
     assert run._before_slices("same_engine") == (100, None)
+    # the fork path: an old engine's had only Python's; same_engine has the others'; and
+    # python_fork_path differs from the others by the fork path alone
+    assert run._before_fork_path(None) == run._before_fork_path("at_8cb4ef5") == "python"
+    assert run._before_fork_path("same_engine") == "auto"
+    assert run._before_fork_path("python_fork_path") == "python"
+    assert run._before_slices("python_fork_path") == (100, 100)
 
 
 def test_report_statistics_on_known_data():

@@ -8,3 +8,4 @@ default slice (``Backend(wait_slice_us=None)``)."""
 # its default slice -- the registrant's slice alone, A/B'd inside the benchmark.
 BEFORE_POSTMASTER_SLICE_US = 100
 BEFORE_WAIT_SLICE_US = None
+BEFORE_FORK_PATH = "auto"  # the fork path the others have (bgwlab/forkpath.py)
