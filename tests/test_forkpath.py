@@ -22,7 +22,19 @@ from bgwlab.pg.cgroup import cgroup_available, pids_limit
 from conftest import wait_until
 
 STARTED, STOPPED = HandleStatus.STARTED, HandleStatus.STOPPED
-PATHS = ("c", "python")
+
+
+def _c_available() -> str:
+    try:
+        forkpath.build()
+    except ForkPathUnavailable as e:
+        return str(e)
+    return ""
+
+
+C_WHY_NOT = _c_available()  # (make test installs gcc: in CI the C path is always tested)
+needs_c = pytest.mark.skipif(bool(C_WHY_NOT), reason=f"no C fork path here: {C_WHY_NOT}")
+PATHS = (pytest.param("c", marks=needs_c), "python")
 ATFORK_LOG = "BGWLAB_TEST_ATFORK_LOG"  # read by forkpath_preload.py, in the postmaster
 
 
@@ -143,6 +155,7 @@ def test_c_without_a_working_compiler_is_refused_and_auto_says_why(cc, tmp_path,
             b.detach()
 
 
+@needs_c
 def test_the_build_is_cached_once_per_source(tmp_path, monkeypatch):
     monkeypatch.setenv("BGWLAB_CACHE_DIR", str(tmp_path))
     d = forkpath.build()
@@ -154,6 +167,7 @@ def test_the_build_is_cached_once_per_source(tmp_path, monkeypatch):
     assert forkpath.build() == d and built[0].stat().st_mtime_ns == mtime  # not compiled again
 
 
+@needs_c
 def test_bad_arguments_fork_nothing(tmp_path, monkeypatch):
     """The C function checks its arguments before fork(): a wrong view or word raises here,
     in this (test) process, and no child appears."""
@@ -206,3 +220,9 @@ def test_a_start_that_raises_neither_spins_nor_strands_its_registrant(tmp_path, 
         finally:
             b.detach()
     assert sys.modules.get("forkpath_preload") is None  # (loaded only in the postmaster)
+
+
+@pytest.mark.skipif(not os.environ.get("CI"), reason="CI only: elsewhere a machine may lack a compiler")
+def test_ci_tests_the_c_path():
+    """In CI (make test installs gcc) the C path's tests must run, not skip."""
+    assert C_WHY_NOT == "", C_WHY_NOT
