@@ -488,7 +488,7 @@ def foreign_main(directory: str, pm_pid: int, worker_pid: int, user: str) -> Non
     import pwd
 
     import bgwlab
-    from bgwlab import backend, cluster, errors, eventlog, latch, procinfo, shmem, spec  # noqa: F401
+    from bgwlab import backend, cluster, errors, eventlog, forkpath, latch, procinfo, shmem, spec  # noqa: F401
 
     pw = pwd.getpwnam(user)
     os.setgroups([])
