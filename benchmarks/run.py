@@ -31,7 +31,8 @@ order, so that a disturbance of the machine hits all of them alike):
   kernel's reverse-map walks over them (here: kdamond) hold the mapping lock that fork()
   needs (``tail_trace.py`` shows it: with them alive during the main rounds, the base
   cluster's start p99 was 4.3-7.0 ms instead of 1.3 ms, 120 rounds, twice each way);
-* at the end: the latency decomposition from the base cluster's event log, the issue's
+* at the end: the latency decomposition from the base cluster's event log (the lean
+  registrant's trials; its start and injected failure also for the 200 MB registrant), the issue's
   targets, and the cost of one event (``bench_events.py``).
 
 Output: a table of medians, p99 and ratios to each peer on stdout, and under ``--out``
@@ -220,7 +221,8 @@ class Bench:
         self.log = log
         self.samples: dict[str, list[float]] = {}
         self.sample_rows: list[tuple] = []
-        self.trials: dict[str, list[dict]] = {"start": [], "fail": [], "fail_genuine": []}
+        self.trials: dict[str, list[dict]] = {"start": [], "fail": [], "fail_genuine": [],
+                                              "start.heap200": [], "fail.heap200": []}
         self.pg_kicked = 0
         self.clusters: dict = {}
         self.runners: dict[str, Runner] = {}
@@ -423,12 +425,12 @@ class Bench:
             out.extend([("pg", {"op": "trial", "kind": kind}, record)] * reps)
 
         timed("lean", "base", "", p.base_reps, trials=self.trials["start"])
-        timed("heavy", "base", ".heap200", p.base_reps)
+        timed("heavy", "base", ".heap200", p.base_reps, trials=self.trials["start.heap200"])
         timed("lean", "log_off", ".log_off", p.base_reps, keep=("start", "death"))
         for v in ("mw64", "mw256", "mw1024"):
             timed("lean", v, f".{v}", p.variant_reps, keep=("start", "death"))
         fail("lean", "base", "", p.fail_reps, trials=self.trials["fail"])
-        fail("heavy", "base", ".heap200", p.fail_reps)
+        fail("heavy", "base", ".heap200", p.fail_reps, trials=self.trials["fail.heap200"])
         fail("lean", "log_off", ".log_off", p.fail_reps)
         crash("lean", "base", p.fail_reps)
         if self.genuine:
@@ -579,6 +581,9 @@ class Bench:
         if self.trials["fail_genuine"]:
             decomposition += report.decompose(self.failcg_events, self.trials["fail_genuine"],
                                               "fail_genuine")
+        for path in ("start", "fail"):  # the 200 MB registrant, same cluster: where its extra goes
+            for r in report.decompose(events, self.trials[f"{path}.heap200"], path):
+                decomposition.append({**r, "path": f"{path}.heap200"})
         self.meta["postgresql"]["kicked"] = self.pg_kicked
         return {"summary": summary, "targets": report.evaluate_targets(summary, self.sample_rows),
                 "decomposition": decomposition, "metadata": self.meta,

@@ -129,7 +129,13 @@ def test_samples_targets_decomposition_and_metadata(quick_run):
         assert t["met"] in ("True", "False") and math.isfinite(float(t["value"]))
 
     dec = _rows(out / "bench_quick_decomposition.csv")
-    assert {d["path"] for d in dec} - {"fail_genuine"} == {"start", "death", "fail"}
+    assert ({d["path"] for d in dec} - {"fail_genuine"}
+            == {"start", "death", "fail", "start.heap200", "fail.heap200"})
+    # the 200 MB registrant's stages, from its trials: one row set per trial it ran, at most
+    n_total = {d["path"]: int(d["n"]) for d in dec if d["stage"] == "total"}
+    for path, metric in (("start.heap200", "bgwlab.start.heap200"),
+                         ("fail.heap200", "bgwlab.fail_injected.heap200")):
+        assert 0 < n_total[path] <= sum(s["metric"] == metric for s in samples), path
     for d in dec:
         assert int(d["n"]) > 0, d
         assert math.isfinite(float(d["median_us"])) and float(d["median_us"]) >= 0
