@@ -173,9 +173,13 @@ def evaluate_targets(rows: list[dict], sample_rows=None) -> list[dict]:
                                 ("start p99", "bgwlab.start", "p99"),
                                 ("death median", "bgwlab.death", "median"),
                                 ("failed start median", "bgwlab.fail_injected", "median")):
-        base, heavy = get(metric, stat), get(metric + ".heap200", stat)
+        # against its control (a registrant without the heap on the same trials, run.py),
+        # or, in a run without one, the lean registrant
+        control = get(metric + ".control", stat)
+        base, vs = (control, "control") if not math.isnan(control) else (get(metric, stat), "lean")
+        heavy = get(metric + ".heap200", stat)
         add(f"200 MB registrant: change of {label}", abs(heavy / base - 1) * 100, 20.0, "%",
-            f"{heavy:.3f} vs {base:.3f} ms")
+            f"{heavy:.3f} vs {base:.3f} ms ({vs})")
     on, off = start, get("bgwlab.start.log_off")
     lo, hi = (ratio_ci(sample_rows, "bgwlab.start", "bgwlab.start.log_off", "median")
               if sample_rows else (math.nan, math.nan))

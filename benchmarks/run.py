@@ -11,7 +11,8 @@ order, so that a disturbance of the machine hits all of them alike):
 * five clusters: ``max_workers`` 8 (the base, events logged), 8 with ``log_events=False``,
   64, 256 and 1,024 slots;
 * measuring processes (``runner.py``): a lean registrant, a registrant holding a 200 MB
-  heap of Python objects, three more registrants for the 4-registrant cycles, and two
+  heap of Python objects and its control (no heap, the same trials: ``.control``), three
+  more registrants for the 4-registrant cycles, and two
   peer runners (lean and 200 MB) for ``os.fork`` + signal, ``multiprocessing`` fork /
   forkserver / spawn and ``subprocess.Popen``;
 * per trial, every system on the same pairs of instants: request -> pid known
@@ -32,7 +33,8 @@ order, so that a disturbance of the machine hits all of them alike):
   needs (``tail_trace.py`` shows it: with them alive during the main rounds, the base
   cluster's start p99 was 4.3-7.0 ms instead of 1.3 ms, 120 rounds, twice each way);
 * at the end: the latency decomposition from the base cluster's event log (the lean
-  registrant's trials; its start and injected failure also for the 200 MB registrant), the issue's
+  registrant's trials; its start and injected failure also for the 200 MB registrant and
+  its control), the issue's
   targets, and the cost of one event (``bench_events.py``).
 
 Output: a table of medians, p99 and ratios to each peer on stdout, and under ``--out``
@@ -222,7 +224,8 @@ class Bench:
         self.samples: dict[str, list[float]] = {}
         self.sample_rows: list[tuple] = []
         self.trials: dict[str, list[dict]] = {"start": [], "fail": [], "fail_genuine": [],
-                                              "start.heap200": [], "fail.heap200": []}
+                                              "start.heap200": [], "fail.heap200": [],
+                                              "start.control": [], "fail.control": []}
         self.pg_kicked = 0
         self.clusters: dict = {}
         self.runners: dict[str, Runner] = {}
@@ -292,7 +295,7 @@ class Bench:
             if self.before:
                 self.before_limit = pids_limit(self.clusters["before_failcg"].postmaster_pid)
                 self.before_limit.__enter__()
-        roles = [("lean", "bgw"), ("heavy", "bgw"), ("c1", "bgw"), ("c2", "bgw"),
+        roles = [("lean", "bgw"), ("heavy", "bgw"), ("control", "bgw"), ("c1", "bgw"), ("c2", "bgw"),
                  ("c3", "bgw"), ("peers", "peers"), ("peers_heavy", "peers")]
         if self.pg:
             roles.append(("pg", "pg"))
@@ -306,7 +309,7 @@ class Bench:
                 for n, c in self.clusters.items()}
         self.runner_pids = {n: r.pid for n, r in self.runners.items()}
         self.runners["lean"].call(op="attach", clusters=dirs)
-        for n in ("heavy", "c1", "c2", "c3"):
+        for n in ("heavy", "control", "c1", "c2", "c3"):
             self.runners[n].call(op="attach", clusters={k: dirs[k] for k in ("base", "log_off")})
         heaps = {}
         for n in ("heavy", "peers_heavy"):
@@ -426,11 +429,17 @@ class Bench:
 
         timed("lean", "base", "", p.base_reps, trials=self.trials["start"])
         timed("heavy", "base", ".heap200", p.base_reps, trials=self.trials["start.heap200"])
+        # the 200 MB registrant's control: a registrant without the heap that runs exactly its
+        # trials.  Against the lean one, which runs most of the round's trials, the heavy
+        # one's code and data are colder in the caches whatever its heap (a registrant of
+        # neither kind, on 1 trial in 6, took 67 instead of 29 us to write its slot)
+        timed("control", "base", ".control", p.base_reps, trials=self.trials["start.control"])
         timed("lean", "log_off", ".log_off", p.base_reps, keep=("start", "death"))
         for v in ("mw64", "mw256", "mw1024"):
             timed("lean", v, f".{v}", p.variant_reps, keep=("start", "death"))
         fail("lean", "base", "", p.fail_reps, trials=self.trials["fail"])
         fail("heavy", "base", ".heap200", p.fail_reps, trials=self.trials["fail.heap200"])
+        fail("control", "base", ".control", p.fail_reps, trials=self.trials["fail.control"])
         fail("lean", "log_off", ".log_off", p.fail_reps)
         crash("lean", "base", p.fail_reps)
         if self.genuine:
@@ -581,9 +590,10 @@ class Bench:
         if self.trials["fail_genuine"]:
             decomposition += report.decompose(self.failcg_events, self.trials["fail_genuine"],
                                               "fail_genuine")
-        for path in ("start", "fail"):  # the 200 MB registrant, same cluster: where its extra goes
-            for r in report.decompose(events, self.trials[f"{path}.heap200"], path):
-                decomposition.append({**r, "path": f"{path}.heap200"})
+        for variant in ("heap200", "control"):  # the 200 MB registrant and its control
+            for path in ("start", "fail"):
+                for r in report.decompose(events, self.trials[f"{path}.{variant}"], path):
+                    decomposition.append({**r, "path": f"{path}.{variant}"})
         self.meta["postgresql"]["kicked"] = self.pg_kicked
         return {"summary": summary, "targets": report.evaluate_targets(summary, self.sample_rows),
                 "decomposition": decomposition, "metadata": self.meta,

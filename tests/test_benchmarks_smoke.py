@@ -37,6 +37,7 @@ report = _load_report()
 LATENCY_METRICS = [
     "bgwlab.start", "bgwlab.running", "bgwlab.death", "bgwlab.fail_injected", "bgwlab.crash",
     "bgwlab.start.heap200", "bgwlab.death.heap200", "bgwlab.fail_injected.heap200",
+    "bgwlab.start.control", "bgwlab.death.control", "bgwlab.fail_injected.control",
     "bgwlab.start.log_off", "bgwlab.death.log_off", "bgwlab.fail_injected.log_off",
     "bgwlab.start.mw64", "bgwlab.start.mw256", "bgwlab.start.mw1024",
     "raw_fork.start", "raw_fork.death", "raw_fork.start.heap200",
@@ -130,11 +131,14 @@ def test_samples_targets_decomposition_and_metadata(quick_run):
 
     dec = _rows(out / "bench_quick_decomposition.csv")
     assert ({d["path"] for d in dec} - {"fail_genuine"}
-            == {"start", "death", "fail", "start.heap200", "fail.heap200"})
+            == {"start", "death", "fail", "start.heap200", "fail.heap200",
+                "start.control", "fail.control"})
     # the 200 MB registrant's stages, from its trials: one row set per trial it ran, at most
     n_total = {d["path"]: int(d["n"]) for d in dec if d["stage"] == "total"}
     for path, metric in (("start.heap200", "bgwlab.start.heap200"),
-                         ("fail.heap200", "bgwlab.fail_injected.heap200")):
+                         ("fail.heap200", "bgwlab.fail_injected.heap200"),
+                         ("start.control", "bgwlab.start.control"),
+                         ("fail.control", "bgwlab.fail_injected.control")):
         assert 0 < n_total[path] <= sum(s["metric"] == metric for s in samples), path
     for d in dec:
         assert int(d["n"]) > 0, d
@@ -194,6 +198,12 @@ def test_report_statistics_on_known_data():
     assert targets["start notification median"]["met"] is True
     assert targets["start median / multiprocessing fork median"]["value"] == 0.5
     assert targets["failed start reported (median)"]["met"] is False  # 3 ms > 2 ms
+    # the heap's targets: against the lean registrant where no control ran, else the control
+    assert targets["200 MB registrant: change of start median"]["value"] == 50.0
+    rows = report.summarize({"bgwlab.start": [1.0], "bgwlab.start.heap200": [1.5],
+                             "bgwlab.start.control": [1.4]})
+    t = {t["target"]: t for t in report.evaluate_targets(rows)}["200 MB registrant: change of start median"]
+    assert round(t["value"], 6) == round((1.5 / 1.4 - 1) * 100, 6) and "(control)" in t["note"]
 
 
 def test_ratio_interval_separates_a_real_difference_from_noise():
