@@ -240,7 +240,9 @@ class Bench:
         from bgwlab import Cluster
 
         p = self.plan
-        specs = {"base": (8, True), "log_off": (8, False), "mw64": (64, True),
+        # log_on: log_off's control, a cluster like the base with the same trials as log_off
+        # (the base's postmaster serves three registrants and is the warmer for it)
+        specs = {"base": (8, True), "log_off": (8, False), "log_on": (8, True), "mw64": (64, True),
                  "mw256": (256, True), "mw1024": (1024, True)}
         import pg_bench
 
@@ -435,12 +437,14 @@ class Bench:
         # neither kind, on 1 trial in 6, took 67 instead of 29 us to write its slot)
         timed("control", "base", ".control", p.base_reps, trials=self.trials["start.control"])
         timed("lean", "log_off", ".log_off", p.base_reps, keep=("start", "death"))
+        timed("lean", "log_on", ".log_on", p.base_reps, keep=("start", "death"))
         for v in ("mw64", "mw256", "mw1024"):
             timed("lean", v, f".{v}", p.variant_reps, keep=("start", "death"))
         fail("lean", "base", "", p.fail_reps, trials=self.trials["fail"])
         fail("heavy", "base", ".heap200", p.fail_reps, trials=self.trials["fail.heap200"])
         fail("control", "base", ".control", p.fail_reps, trials=self.trials["fail.control"])
         fail("lean", "log_off", ".log_off", p.fail_reps)
+        fail("lean", "log_on", ".log_on", p.fail_reps)
         crash("lean", "base", p.fail_reps)
         if self.genuine:
             fail("lean", "failcg", "", p.fail_reps, trials=self.trials["fail_genuine"], genuine=True)

@@ -39,6 +39,7 @@ LATENCY_METRICS = [
     "bgwlab.start.heap200", "bgwlab.death.heap200", "bgwlab.fail_injected.heap200",
     "bgwlab.start.control", "bgwlab.death.control", "bgwlab.fail_injected.control",
     "bgwlab.start.log_off", "bgwlab.death.log_off", "bgwlab.fail_injected.log_off",
+    "bgwlab.start.log_on", "bgwlab.death.log_on", "bgwlab.fail_injected.log_on",
     "bgwlab.start.mw64", "bgwlab.start.mw256", "bgwlab.start.mw1024",
     "raw_fork.start", "raw_fork.death", "raw_fork.start.heap200",
     "mp_fork.start", "mp_fork.death", "mp_fork.start.heap200",
@@ -204,6 +205,14 @@ def test_report_statistics_on_known_data():
                              "bgwlab.start.control": [1.4]})
     t = {t["target"]: t for t in report.evaluate_targets(rows)}["200 MB registrant: change of start median"]
     assert round(t["value"], 6) == round((1.5 / 1.4 - 1) * 100, 6) and "(control)" in t["note"]
+    # event logging: the log_on control cluster where it ran, else the base cluster
+    rows = report.summarize({"bgwlab.start": [1.0], "bgwlab.start.log_off": [1.1],
+                             "bgwlab.start.log_on": [1.21]})
+    t = {t["target"]: t for t in report.evaluate_targets(rows)}["event logging: added to start median"]
+    assert round(t["value"], 6) == 10.0 and "control" in t["note"]
+    rows = [r for r in rows if r["metric"] != "bgwlab.start.log_on"]
+    t = {t["target"]: t for t in report.evaluate_targets(rows)}["event logging: added to start median"]
+    assert round(t["value"], 6) == round((1.0 / 1.1 - 1) * 100, 6) and "control" not in t["note"]
 
 
 def test_ratio_interval_separates_a_real_difference_from_noise():
