@@ -39,6 +39,15 @@ of issue 13.  Under ``--out`` (default data/bench): ``parallel_<mode>.csv`` (sum
 ``parallel_<mode>_samples.csv``, ``parallel_<mode>.txt`` (the printed report) and
 ``parallel_<mode>.meta.json`` (machine, CPUs, Python, commit, date, load, plan).
 
+Every trial also records how the leader's thread was scheduled over it
+(``/proc/thread-self/schedstat``): its share of the trial on a CPU and its share runnable
+but waiting for one (``leader_on_cpu``, ``leader_waited`` in the samples and the summary).
+On this 2-CPU VM the leader waited for ~0-2 % of a throughput trial; runs that met the
+machine's slow state -- a ``Pipe`` round trip at ~15 us instead of ~35, 8 KiB through the
+ring at ~1.5 GB/s instead of ~6 -- look like the whole run pinned to one CPU
+(``taskset -c 0``), where the leader waits 30-50 % of the time.  The report counts the
+throughput trials in which it waited over 20 %.
+
 The latch's spin (``BGWLAB_LATCH_SPIN_US``, default 100 us; see ``bgwlab.parallel.latch``)
 is in force for bgwlab's rows and is recorded in the metadata: on this kind of VM a
 wakeup across CPUs costs ~50 us, so whether the two processes share a CPU or spin on
@@ -98,6 +107,17 @@ LAUNCH_INSTANTS = {
     "process_pool_executor.all4": ("before ProcessPoolExecutor(4, initializer)",
                                    "all 4 workers ran their initializer (the first submit() starts them)"),
 }
+
+
+def sched_ns() -> tuple[int, int]:
+    """This thread's (time on a CPU, time runnable but waiting for one), in ns, from
+    /proc/thread-self/schedstat; (0, 0) where the kernel has no schedstat."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            on_cpu, waited, _slices = f.read().split()
+        return int(on_cpu), int(waited)
+    except (OSError, ValueError):
+        return 0, 0
 
 
 def _ns() -> int:
@@ -429,6 +449,8 @@ def run(quick: bool = False, rounds: int | None = None, progress: bool = True, s
             order = list(cases)
             rng.shuffle(order)
             for metric, peer, size in order:
+                first = len(samples)
+                t_wall, (t_cpu, t_wait) = _ns(), sched_ns()
                 if metric == "throughput":
                     n = p["messages"][size]
                     if peer.startswith("bgwlab.mq"):
@@ -451,6 +473,13 @@ def run(quick: bool = False, rounds: int | None = None, progress: bool = True, s
                     x = launch_trial(peer, b)
                     samples.append(dict(metric=metric, peer=peer, size=0, round=k, value=x / 1e6,
                                         unit="ms", elapsed_ns=x))
+                # how the leader's thread was scheduled over the whole trial (set-up included):
+                # its share on a CPU, and its share runnable but waiting for one -- high when
+                # it shares a CPU with its counterpart, as in this machine's slow state
+                wall, (cpu, wait) = _ns() - t_wall, sched_ns()
+                for smp in samples[first:]:
+                    smp["leader_on_cpu"] = round((cpu - t_cpu) / wall, 3)
+                    smp["leader_waited"] = round((wait - t_wait) / wall, 3)
                 bar.update(1)
     finally:
         bar.close()
@@ -469,9 +498,20 @@ def summarize(samples) -> list[dict]:
         # trial at the 99th percentile of time, i.e. the 1st percentile of MB/s.
         p99 = _pct(xs, 1) if metric == "throughput" else _pct(xs, 99)
         frm, to = LAUNCH_INSTANTS[peer] if metric == "launch4" else INSTANTS[metric]
+        sched = {k: [s[k] for s in samples if (s["metric"], s["peer"], s["size"]) == (metric, peer, size)
+                     and s.get(k) is not None] for k in ("leader_on_cpu", "leader_waited")}
         rows.append(dict(metric=metric, peer=peer, size=size, unit=unit, n=len(xs),
-                         median=_pct(xs, 50), p99=p99, from_instant=frm, to_instant=to))
+                         median=_pct(xs, 50), p99=p99, from_instant=frm, to_instant=to,
+                         **{k: _pct(v, 50) if v else float("nan") for k, v in sched.items()}))
     return rows
+
+
+def waiting_trials(samples, share: float = 0.2) -> tuple[int, int, list[int]]:
+    """Throughput trials in which the leader waited for a CPU more than `share` of the
+    time: (how many, of how many, their rounds).  One sample per throughput trial."""
+    tp = [s for s in samples if s["metric"] == "throughput" and s.get("leader_waited") is not None]
+    slow = [s for s in tp if s["leader_waited"] > share]
+    return len(slow), len(tp), sorted({s["round"] for s in slow})
 
 
 def _size(size: int) -> str:
@@ -540,6 +580,14 @@ def report(rows) -> tuple[str, list[dict]]:
         t["met"] = bool(ok)
         lines.append(f"  {t['target']:<66} {t['value']:.2f} {t['unit']:<5} {'met' if ok else 'MISSED'}")
     lines.append("")
+    lines.append("the leader's thread during each trial, median share of its wall time on a CPU / waiting for one")
+    lines.append("(/proc/thread-self/schedstat; a leader that shares one CPU with its counterpart waits):")
+    for metric, size in [("throughput", sz) for sz in SIZES] + [("round_trip", 64)]:
+        cells = [f"{r['peer']} {r['leader_on_cpu']:.2f}/{r['leader_waited']:.2f}" for r in rows
+                 if (r["metric"], r["size"]) == (metric, size) and "leader_on_cpu" in r]
+        if cells:
+            lines.append(f"  {metric:<10} {_size(size):>6}  " + "  ".join(cells))
+    lines.append("")
     lines.append(f"bgwlab's latch spin in this run: BGWLAB_LATCH_SPIN_US={_latch_spin_us()} (0: never spins)")
     return "\n".join(lines), targets
 
@@ -589,6 +637,9 @@ def main(argv=None) -> int:
     samples, p = run(quick, args.rounds, progress=not args.no_progress, seed=args.seed)
     rows = summarize(samples)
     text, targets = report(rows)
+    n_slow, n_tp, slow_rounds = waiting_trials(samples)
+    text += (f"\nthroughput trials in which the leader waited for a CPU over 20 % of the time: "
+             f"{n_slow} of {n_tp}" + (f" (rounds {', '.join(map(str, slow_rounds))})" if slow_rounds else ""))
     print(text, flush=True)
     if args.no_save:
         return 0
@@ -607,6 +658,7 @@ def main(argv=None) -> int:
     Path(f"{stem}.txt").write_text(text + "\n")
     meta = metadata(p, quick, t_start, load_start)
     meta["targets"] = targets
+    meta["throughput_trials_leader_waited_over_20pct"] = {"trials": n_slow, "of": n_tp, "rounds": slow_rounds}
     Path(f"{stem}.meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
     for suffix in (".csv", "_samples.csv", ".txt", ".meta.json"):
         print(f"wrote {stem}{suffix}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -78,9 +79,45 @@ def test_it_writes_csv_samples_and_metadata(quick):
         assert r["from_instant"] and r["to_instant"]
         assert int(r["n"]) >= 1 and float(r["median"]) > 0 and not math.isnan(float(r["p99"]))
     with open(out / "parallel_quick_samples.csv", newline="") as f:
-        assert len(list(csv.DictReader(f))) >= len(rows)
+        samples = list(csv.DictReader(f))
+    assert len(samples) >= len(rows)
+    # every trial says how the leader's thread was scheduled over it: shares of its wall time
+    for smp in samples:
+        on_cpu, waited = float(smp["leader_on_cpu"]), float(smp["leader_waited"])
+        assert 0 <= on_cpu <= 1.05 and 0 <= waited <= 1.05 and on_cpu + waited <= 1.1, smp
+    assert any(float(smp["leader_on_cpu"]) > 0 for smp in samples)  # schedstat was read
+    for r in rows:
+        assert 0 <= float(r["leader_on_cpu"]) <= 1.05, r
     meta = json.loads((out / "parallel_quick.meta.json").read_text())
     for key in ("machine", "cpu_model", "cpu_count", "python", "commit", "date", "plan", "targets"):
         assert meta.get(key) not in (None, ""), key
+    waited = meta["throughput_trials_leader_waited_over_20pct"]
+    assert waited["of"] == sum(r["metric"] == "throughput" for r in samples) and 0 <= waited["trials"] <= waited["of"]
+    assert "throughput trials in which the leader waited for a CPU over 20 % of the time" in proc.stdout
     assert (out / "parallel_quick.txt").read_text().startswith("metric")
     assert not our_segments(set(dsm.list_segments()) - before), "a segment was left in /dev/shm"
+
+
+def test_waiting_trials_counts_the_throughput_trials_over_the_share():
+    sys.path.insert(0, str(SCRIPT.parent))
+    import bench_parallel
+
+    samples = [dict(metric="throughput", round=0, leader_waited=0.01),
+               dict(metric="throughput", round=1, leader_waited=0.45),
+               dict(metric="throughput", round=1, leader_waited=0.3),
+               dict(metric="round_trip", round=2, leader_waited=0.9)]  # not a throughput trial
+    assert bench_parallel.waiting_trials(samples) == (2, 3, [1])
+    assert bench_parallel.waiting_trials(samples, share=0.5) == (0, 3, [])
+
+
+def test_a_run_confined_to_one_cpu_is_flagged(tmp_path):
+    """The slow state's signature, made on purpose: with the whole run on one CPU the leader
+    waits for its counterpart's CPU, and the report counts those trials."""
+    cpu = min(os.sched_getaffinity(0))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--rounds", "1", "--no-progress",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                          preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    waited = json.loads((tmp_path / "parallel_quick.meta.json").read_text())[
+        "throughput_trials_leader_waited_over_20pct"]
+    assert waited["trials"] >= waited["of"] / 2, waited
