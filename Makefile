@@ -100,10 +100,12 @@ stress:
 bench: setup
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/bench_parallel.py
+	$(PY) benchmarks/bench_query4.py
 
 bench-quick: setup
 	$(PY) benchmarks/run.py --quick
 	$(PY) benchmarks/bench_parallel.py --quick
+	$(PY) benchmarks/bench_query4.py --quick
 
 bench-tail: setup  # root only: the start tail under ftrace's scheduler events
 	$(PY) benchmarks/tail_trace.py --rounds 300 --out data/bench
