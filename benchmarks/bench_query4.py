@@ -10,8 +10,10 @@ the leader holds it, and every worker has exited*.
 
 * ``postgresql.query4`` -- ``select count(*)`` of a 1,000-row table with four parallel
   workers (``parallel_setup_cost = 0``, ``parallel_workers = 4`` on the table), timed by
-  the client around the query.  PostgreSQL returns only after ``DestroyParallelContext``
-  has waited for every worker's exit (``WaitForBackgroundWorkerShutdown``).
+  the client around the query.  PostgreSQL answers only after the Gather node is shut
+  down, and that waits for every worker's exit (``ExecShutdownGather`` ->
+  ``ExecParallelCleanup`` -> ``DestroyParallelContext`` -> ``WaitForParallelWorkersToExit``
+  -> ``WaitForBackgroundWorkerShutdown``, in ``nodeGather.c`` and ``parallel.c``).
   ``postgresql.serial`` is the same query on a second session with
   ``max_parallel_workers_per_gather = 0``: what is left once the workers are taken away
   (the protocol, the planner, the scan).
