@@ -492,14 +492,14 @@ def summarize(samples) -> list[dict]:
     rows = []
     keys = dict.fromkeys((s["metric"], s["peer"], s["size"]) for s in samples)
     for metric, peer, size in keys:
-        xs = [s["value"] for s in samples if (s["metric"], s["peer"], s["size"]) == (metric, peer, size)]
-        unit = next(s["unit"] for s in samples if s["metric"] == metric)
+        mine = [s for s in samples if (s["metric"], s["peer"], s["size"]) == (metric, peer, size)]
+        xs = [s["value"] for s in mine]
+        unit = mine[0]["unit"]
         # For a throughput the slow end is the low percentile: "p99" is the rate of the
         # trial at the 99th percentile of time, i.e. the 1st percentile of MB/s.
         p99 = _pct(xs, 1) if metric == "throughput" else _pct(xs, 99)
         frm, to = LAUNCH_INSTANTS[peer] if metric == "launch4" else INSTANTS[metric]
-        sched = {k: [s[k] for s in samples if (s["metric"], s["peer"], s["size"]) == (metric, peer, size)
-                     and s.get(k) is not None] for k in ("leader_on_cpu", "leader_waited")}
+        sched = {k: [s[k] for s in mine if s.get(k) is not None] for k in ("leader_on_cpu", "leader_waited")}
         rows.append(dict(metric=metric, peer=peer, size=size, unit=unit, n=len(xs),
                          median=_pct(xs, 50), p99=p99, from_instant=frm, to_instant=to,
                          **{k: _pct(v, 50) if v else float("nan") for k, v in sched.items()}))
@@ -623,15 +623,34 @@ def metadata(p: dict, quick: bool, t_start: float, load_start) -> dict:
     return meta
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="a few seconds (also BGWLAB_QUICK=1)")
+def parse_args(doc: str, argv=None, quick_help: str = "a few seconds") -> argparse.Namespace:
+    """The command line of this benchmark and of bench_query4.py."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help=quick_help)
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "data" / "bench")
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def save(stem: Path, rows: list[dict], samples: list[dict], text: str, meta: dict) -> None:
+    """Write <stem>.csv (summary), <stem>_samples.csv, <stem>.txt and <stem>.meta.json."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    for path, data in ((f"{stem}.csv", rows), (f"{stem}_samples.csv", samples)):
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(data[0]))
+            w.writeheader()
+            w.writerows(data)
+    Path(f"{stem}.txt").write_text(text + "\n")
+    Path(f"{stem}.meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    for suffix in (".csv", "_samples.csv", ".txt", ".meta.json"):
+        print(f"wrote {stem}{suffix}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(__doc__, argv, quick_help="a few seconds (also BGWLAB_QUICK=1)")
     quick = args.quick or os.environ.get("BGWLAB_QUICK") == "1"
     t_start, load_start = time.monotonic(), os.getloadavg()
     samples, p = run(quick, args.rounds, progress=not args.no_progress, seed=args.seed)
@@ -643,25 +662,10 @@ def main(argv=None) -> int:
     print(text, flush=True)
     if args.no_save:
         return 0
-    mode = "quick" if quick else "full"
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"parallel_{mode}"
-    with open(f"{stem}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    with open(f"{stem}_samples.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(samples[0]))
-        w.writeheader()
-        w.writerows(samples)
-    Path(f"{stem}.txt").write_text(text + "\n")
     meta = metadata(p, quick, t_start, load_start)
     meta["targets"] = targets
     meta["throughput_trials_leader_waited_over_20pct"] = {"trials": n_slow, "of": n_tp, "rounds": slow_rounds}
-    Path(f"{stem}.meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
-    for suffix in (".csv", "_samples.csv", ".txt", ".meta.json"):
-        print(f"wrote {stem}{suffix}")
+    save(args.out / f"parallel_{'quick' if quick else 'full'}", rows, samples, text, meta)
     return 0
 
 

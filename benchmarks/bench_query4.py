@@ -33,31 +33,19 @@ Without a PostgreSQL server (``bgwlab.pg``), its rows are left out and the run s
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
-import csv
-import json
-import multiprocessing as mp
 import os
 import random
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench_parallel import CTX, _ns, _pct, parse_args, save  # this directory: the same conventions
 
-CTX = mp.get_context("fork")
 SYSTEMS = ("postgresql.query4", "postgresql.serial", "bgwlab.query4", "mp_pool", "process_pool_executor")
 ROWS = 1000
 PG_SETTINGS = {"max_parallel_workers": "8", "max_parallel_workers_per_gather": "4",
                "parallel_setup_cost": "0", "parallel_tuple_cost": "0",
                "min_parallel_table_scan_size": "0"}
-
-
-def _ns() -> int:
-    return time.monotonic_ns()
 
 
 def _count(share: int) -> int:
@@ -173,11 +161,6 @@ def run(rounds: int, trials: int, seed: int = 0, progress: bool = True):
     return samples, {"postgresql": pg.version if pg else None, "postgresql_why_not": None if ok else why}
 
 
-def _pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
-
-
 def summarize(samples) -> list[dict]:
     rows = []
     for system in [x for x in SYSTEMS if any(s["system"] == x for s in samples)]:
@@ -208,14 +191,7 @@ def report(rows, info) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="a few seconds")
-    ap.add_argument("--rounds", type=int, default=None)
-    ap.add_argument("--out", type=Path, default=ROOT / "data" / "bench")
-    ap.add_argument("--no-save", action="store_true")
-    ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    args = parse_args(__doc__, argv)
     rounds = args.rounds or (2 if args.quick else 30)
     trials = 2 if args.quick else 5
     t_start, load_start = time.monotonic(), os.getloadavg()
@@ -227,22 +203,12 @@ def main(argv=None) -> int:
         return 0
     from bgwlab.lab.experiments.results import run_metadata
 
-    mode = "quick" if args.quick else "full"
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"query4_{mode}"
-    for path, data in ((f"{stem}.csv", rows), (f"{stem}_samples.csv", samples)):
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(data[0]))
-            w.writeheader()
-            w.writerows(data)
-    Path(f"{stem}.txt").write_text(text + "\n")
     meta = run_metadata()
-    meta.update(info, benchmark="bench_query4", mode=mode, rounds=rounds, trials_per_round=trials,
-                rows=ROWS, postgresql_settings=PG_SETTINGS, duration_s=round(time.monotonic() - t_start, 2),
-                loadavg_start=list(load_start), loadavg_end=list(os.getloadavg()))
-    Path(f"{stem}.meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
-    for suffix in (".csv", "_samples.csv", ".txt", ".meta.json"):
-        print(f"wrote {stem}{suffix}")
+    meta.update(info, benchmark="bench_query4", mode="quick" if args.quick else "full", rounds=rounds,
+                trials_per_round=trials, rows=ROWS, postgresql_settings=PG_SETTINGS,
+                duration_s=round(time.monotonic() - t_start, 2), loadavg_start=list(load_start),
+                loadavg_end=list(os.getloadavg()))
+    save(args.out / f"query4_{meta['mode']}", rows, samples, text, meta)
     return 0
 
 

@@ -8,7 +8,8 @@
 What one run does (everything interleaved: every round runs every trial in a shuffled
 order, so that a disturbance of the machine hits all of them alike):
 
-* five clusters: ``max_workers`` 8 (the base, events logged), 8 with ``log_events=False``,
+* six clusters: ``max_workers`` 8 (the base, events logged), 8 with ``log_events=False``,
+  8 logged as the base but with the unlogged one's trials (its control: ``.log_on``),
   64, 256 and 1,024 slots;
 * measuring processes (``runner.py``): a lean registrant, a registrant holding a 200 MB
   heap of Python objects and its control (no heap, the same trials: ``.control``), three
